@@ -1,0 +1,86 @@
+# fleetgate developer entry points. `make help` lists them.
+# Needs only python3.11 (as `python3`, or set PYTHON=...) and GNU make on a fresh clone.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-builtin-rules
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+LOCK   := requirements/dev.txt
+STAMP  := $(VENV)/.installed.stamp
+# uv's own version comes from the lock, so the tool that installs the lock is pinned by it too.
+UV_VERSION := $(or $(shell sed -n 's/^uv==\([^ ;]*\).*/\1/p' $(LOCK) 2>/dev/null),0.13.9)
+UV := $(BIN)/uv
+export UV_PYTHON := $(BIN)/python
+export UV_NO_PROGRESS := 1
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_.-]+:.*## / {printf "  %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+# --- environment -------------------------------------------------------------------------------
+
+$(UV):
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v == (3, 11) else f"need Python 3.11, $(PYTHON) is {v[0]}.{v[1]} (set PYTHON=python3.11)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(STAMP): $(LOCK) pyproject.toml | $(UV)
+	$(UV) pip sync --quiet $(LOCK)
+	$(UV) pip install --quiet --no-deps --no-build-isolation --editable .
+	@rm -rf .mypy_cache  # mypy's cache can keep "module not found" across installs
+	@touch $@
+
+.PHONY: .venv
+.venv: $(STAMP) ## Create/refresh .venv from the lock (cheap when nothing changed)
+
+.PHONY: lock
+lock: | $(UV) ## Re-resolve requirements/dev.txt after editing pyproject.toml (keeps existing pins)
+	$(UV) pip compile pyproject.toml --group dev --universal --python-version 3.11 \
+		--custom-compile-command "make lock" $(LOCK_FLAGS) --output-file $(LOCK)
+
+.PHONY: lock-upgrade
+lock-upgrade: LOCK_FLAGS = --upgrade
+lock-upgrade: lock ## Re-resolve requirements/dev.txt taking the newest allowed versions
+
+# --- checks ------------------------------------------------------------------------------------
+
+.PHONY: fmt
+fmt: .venv ## Format code and apply safe lint fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+.PHONY: lint
+lint: .venv ## Lint (ruff check + ruff format --check)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+.PHONY: typecheck
+typecheck: .venv ## Type-check (mypy --strict on libs/camproto, mypy on everything)
+	$(BIN)/mypy --strict libs/camproto
+	$(BIN)/mypy libs services tests
+
+.PHONY: test
+test: .venv lint typecheck ## Lint, type-check, then run the test suite (camproto >= 95% branch coverage)
+	$(BIN)/pytest --cov=camproto --cov-branch --cov-report=term --cov-fail-under=95
+
+.PHONY: cov
+cov: .venv ## Run the test suite with branch coverage (HTML in htmlcov/)
+	$(BIN)/pytest --cov=camproto --cov=contracts --cov=fleetgate --cov=simulator --cov-report=term --cov-report=html
+
+.PHONY: bench
+bench: .venv ## Run the benchmarks (tests/bench/run.py)
+	$(BIN)/python tests/bench/run.py
+
+.PHONY: run
+run: .venv ## Run fleetgate locally (not wired up yet)
+	@echo "not yet"
+	@exit 1
+
+.PHONY: clean
+clean: ## Remove .venv, caches and build output
+	rm -rf $(VENV) build dist htmlcov .coverage .coverage.* .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -path ./.git -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +

@@ -1,0 +1,181 @@
+"""Events the protocol machines return. Frozen, slotted, keyword-only; don't subclass them.
+
+Offsets are always in bytes from the start of the file, whatever unit the wire uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .files import CameraFile
+from .metadata import Metadata
+
+__all__ = [
+    "ChunkReceived",
+    "CloseRequested",
+    "CrcMismatch",
+    "Event",
+    "FileAccepted",
+    "FileEmpty",
+    "FileOffered",
+    "FileRequested",
+    "MetadataReceived",
+    "MetadataRequested",
+    "PathRequested",
+    "ResumeRequested",
+    "SessionClosed",
+    "SessionStarted",
+    "StatusReceived",
+    "TransferComplete",
+    "TransferStarted",
+]
+
+
+class Event:
+    """Base class of every event."""
+
+    __slots__ = ()
+
+
+# Server side: what the device did.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionStarted(Event):
+    """The device's first INIT.
+
+    ``offered`` lists the DualCam slots its settings announce; ``path_file_ready`` is settings
+    bit 25 (a DSM/ADAS file waits, its path comes on request).
+    """
+
+    imei: int
+    protocol: int
+    settings: int
+    offered: tuple[CameraFile, ...]
+    path_file_ready: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileOffered(Event):
+    """The device has this file: a DualCam slot in an INIT, or a path it answered with."""
+
+    file: CameraFile
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetadataReceived(Event):
+    file: CameraFile
+    metadata: Metadata
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransferStarted(Event):
+    """The device answered FILE REQUEST with START; data will follow from ``resume_offset``.
+
+    DualCam gives ``packets`` (size unknown until the last packet); path files give ``size``
+    and ``device_crc``, the CRC the device announces for the whole file.
+    """
+
+    file: CameraFile
+    size: int | None
+    packets: int | None
+    device_crc: int | None
+    resume_offset: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileEmpty(Event):
+    """START announced nothing to send (``No packages are left for this file``)."""
+
+    file: CameraFile
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChunkReceived(Event):
+    """A DATA packet whose CRC checked out.
+
+    ``crc`` is the packet's CRC field, computed by the device from ``crc_init`` (the previous
+    packet's CRC, or 0 where the device restarted its chain after a RESUME). ``file_crc`` is the
+    CRC of the whole file up to the end of this chunk.
+    """
+
+    file: CameraFile
+    offset: int
+    data: bytes
+    crc: int
+    crc_init: int
+    file_crc: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CrcMismatch(Event):
+    """A DATA packet failed its CRC; the server asked for a resend from ``offset``."""
+
+    file: CameraFile
+    offset: int
+    expected: int
+    received: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransferComplete(Event):
+    """Every byte arrived. The server says nothing to the device until ``confirm_file()``.
+
+    ``device_crc_ok`` compares ``file_crc`` with the CRC in START, where the device sent one.
+    """
+
+    file: CameraFile
+    size: int
+    file_crc: int
+    device_crc_ok: bool | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusReceived(Event):
+    status: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionClosed(Event):
+    """The session ended: ``clean`` when the protocol finished, else ``reason`` says why."""
+
+    reason: str
+    clean: bool
+
+
+# Device side: what the server asked for.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PathRequested(Event):
+    pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetadataRequested(Event):
+    file: CameraFile | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileRequested(Event):
+    file: CameraFile
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResumeRequested(Event):
+    """RESUME: the server wants data from ``offset`` bytes."""
+
+    file: CameraFile
+    offset: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileAccepted(Event):
+    """REPEAT INIT after a whole file: the server has it, the device may drop it."""
+
+    file: CameraFile
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CloseRequested(Event):
+    """The server sent CLOSE SESSION."""

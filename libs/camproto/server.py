@@ -1,0 +1,612 @@
+"""Server role: what an ingestor drives. Bytes in, events out, bytes to send, time passed in.
+
+Use::
+
+    conn = ServerConnection(policy)
+    events = conn.receive_data(data, now)   # may raise RemoteProtocolError: log it, close
+    sock.send(conn.data_to_send())
+    ... on TransferComplete, make the file durable, then conn.confirm_file()
+    ... when now >= conn.next_deadline(): events = conn.handle_timeout(now)
+
+Every transition the device can trigger is in :data:`TRANSITIONS`; a command that is not
+allowed in the current state is a :class:`RemoteProtocolError` naming both.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+from ._crc import crc16
+from ._wire import DATA_CHUNK, CommandId, FrameError, ServerFrameReader, encode
+from .errors import LocalProtocolError, RemoteProtocolError
+from .events import (
+    ChunkReceived,
+    CrcMismatch,
+    Event,
+    FileEmpty,
+    FileOffered,
+    MetadataReceived,
+    SessionClosed,
+    SessionStarted,
+    StatusReceived,
+    TransferComplete,
+    TransferStarted,
+)
+from .files import PATH_FILE_READY_BIT, CameraFile, DualCamSlot, offered_slots
+from .metadata import Metadata, decode_metadata
+
+__all__ = [
+    "TRANSITIONS",
+    "DefaultPolicy",
+    "LocalInput",
+    "ResumePoint",
+    "ServerConfig",
+    "ServerConnection",
+    "ServerPolicy",
+    "ServerState",
+    "SessionInfo",
+    "TransferInfo",
+]
+
+_INIT = struct.Struct(">HQI")
+_START = struct.Struct(">IH")
+_U32 = struct.Struct(">I")
+_MAX_IMEI = 10**15
+
+
+class ServerState(Enum):
+    AWAIT_INIT = "await_init"
+    AWAIT_PATH = "await_path"
+    AWAIT_METADATA = "await_metadata"
+    AWAIT_START = "await_start"
+    AWAIT_SYNC = "await_sync"
+    RECEIVING = "receiving"
+    AWAIT_CONFIRM = "await_confirm"
+    CLOSED = "closed"
+    ERROR = "error"
+
+
+class LocalInput(Enum):
+    """Inputs that come from the application or the clock, not from the device."""
+
+    CONFIRM_FILE = "confirm_file"
+    TIMEOUT = "timeout"
+    CLOSE = "close"
+    EOF = "eof"
+
+
+S = ServerState
+C = CommandId
+_OPEN = frozenset(S) - {S.CLOSED, S.ERROR}
+
+#: ``(state, input) -> states the input may lead to``. Anything absent is a protocol error.
+TRANSITIONS: dict[tuple[ServerState, CommandId | LocalInput], frozenset[ServerState]] = {
+    (S.AWAIT_INIT, C.INIT): frozenset({S.AWAIT_PATH, S.AWAIT_METADATA, S.AWAIT_START, S.CLOSED}),
+    (S.AWAIT_PATH, C.PATH): frozenset({S.AWAIT_METADATA, S.AWAIT_START, S.CLOSED}),
+    (S.AWAIT_METADATA, C.METADATA): frozenset({S.AWAIT_START}),
+    (S.AWAIT_START, C.START): frozenset({S.AWAIT_SYNC, S.AWAIT_INIT}),
+    (S.AWAIT_SYNC, C.SYNC): frozenset({S.RECEIVING, S.AWAIT_SYNC, S.CLOSED}),
+    (S.AWAIT_SYNC, C.DATA): frozenset({S.AWAIT_SYNC}),  # stale data before the SYNC: dropped
+    (S.AWAIT_SYNC, C.ENHANCED_DATA): frozenset({S.AWAIT_SYNC}),
+    (S.AWAIT_SYNC, LocalInput.TIMEOUT): frozenset({S.AWAIT_SYNC, S.CLOSED}),
+    (S.RECEIVING, C.DATA): frozenset({S.RECEIVING, S.AWAIT_SYNC, S.AWAIT_CONFIRM, S.CLOSED}),
+    (S.RECEIVING, C.ENHANCED_DATA): frozenset(
+        {S.RECEIVING, S.AWAIT_SYNC, S.AWAIT_CONFIRM, S.CLOSED}
+    ),
+    (S.RECEIVING, C.SYNC): frozenset({S.RECEIVING, S.AWAIT_SYNC}),
+    (S.AWAIT_CONFIRM, LocalInput.CONFIRM_FILE): frozenset({S.AWAIT_INIT}),
+    **{(state, C.STATUS): frozenset({state}) for state in _OPEN},
+    **{(state, LocalInput.CLOSE): frozenset({S.CLOSED}) for state in _OPEN},
+    **{(state, LocalInput.EOF): frozenset({S.CLOSED}) for state in _OPEN},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    imei: int
+    protocol: int
+    settings: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransferInfo:
+    """What the server knows when START arrives: enough to recognise a transfer seen before."""
+
+    file: CameraFile
+    size: int | None
+    packets: int | None
+    device_crc: int | None
+    metadata: Metadata | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePoint:
+    """Where to resume: ``offset`` bytes already kept, ``crc`` the CRC of those bytes."""
+
+    offset: int = 0
+    crc: int = 0
+
+
+class ServerPolicy(Protocol):
+    """Decisions the protocol leaves to the server's operator."""
+
+    def want_path_file(self, session: SessionInfo) -> bool:
+        """Settings bit 25 is set: ask for the path of the waiting DSM/ADAS file?"""
+        ...
+
+    def choose_file(self, session: SessionInfo, offered: Sequence[CameraFile]) -> CameraFile | None:
+        """Which offered file to fetch next; None ends the session."""
+        ...
+
+    def want_metadata(self, session: SessionInfo, file: CameraFile) -> bool:
+        """Ask for the file's metadata before requesting it?"""
+        ...
+
+    def resume_point(self, session: SessionInfo, transfer: TransferInfo) -> ResumePoint:
+        """Where this file's data should start: 0, or what is already durable."""
+        ...
+
+
+_DEFAULT_ORDER = (
+    DualCamSlot.VIDEO_REAR,
+    DualCamSlot.VIDEO_FRONT,
+    DualCamSlot.PHOTO_REAR,
+    DualCamSlot.PHOTO_FRONT,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DefaultPolicy:
+    """Fetch everything: path files first, then DualCam slots in ``order``, from offset 0."""
+
+    order: tuple[DualCamSlot, ...] = _DEFAULT_ORDER
+    metadata: bool = True
+    path_files: bool = True
+
+    def want_path_file(self, session: SessionInfo) -> bool:
+        return self.path_files
+
+    def choose_file(self, session: SessionInfo, offered: Sequence[CameraFile]) -> CameraFile | None:
+        for file in offered:
+            if file.slot is None:
+                return file
+        slots = {file.slot: file for file in offered}
+        for slot in self.order:
+            if slot in slots:
+                return slots[slot]
+        return None
+
+    def want_metadata(self, session: SessionInfo, file: CameraFile) -> bool:
+        return self.metadata
+
+    def resume_point(self, session: SessionInfo, transfer: TransferInfo) -> ResumePoint:
+        return ResumePoint()
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    #: Protocol ids accepted in INIT (5: FMx firmware 03.27.00.Rev.100+; 6: path flow for all).
+    supported_protocols: frozenset[int] = frozenset({5, 6})
+    #: First RESUME of a DualCam file: 1 (Traccar and others) or 0 (Teltonika's test server).
+    dualcam_first_resume: int = 1
+    #: Seconds between RESUMEs while no SYNC answers one.
+    resume_interval: float = 2.0
+    #: RESUMEs sent without a SYNC, or CRC mismatches in a row, before the session is closed.
+    max_resume_attempts: int = 10
+
+
+@dataclass(slots=True)
+class _Transfer:
+    file: CameraFile
+    by_packets: bool
+    total: int  # packets or bytes
+    device_crc: int | None
+    received: int  # bytes
+    chain: int  # the device's running CRC: the last CRC field accepted
+    file_crc: int  # CRC of bytes [0, received)
+    after_sync: bool = True
+    ignored: int = 0  # DATA packets dropped while waiting for SYNC
+    failures: int = 0  # CRC mismatches since the last good chunk
+
+    def wire_offset(self, offset: int, first: int) -> int:
+        if not self.by_packets:
+            return offset
+        return first if offset == 0 else offset // DATA_CHUNK + 1
+
+    def byte_offset(self, wire: int) -> int:
+        return (max(wire, 1) - 1) * DATA_CHUNK if self.by_packets else wire
+
+    def describe(self) -> str:
+        unit = "packets" if self.by_packets else "bytes"
+        return f"{self.file} at byte {self.received} of {self.total} {unit}"
+
+
+@dataclass(slots=True)
+class _Resume:
+    deadline: float
+    attempts: int = 0
+
+
+@dataclass(slots=True)
+class ServerConnection:
+    """One device session, server side."""
+
+    policy: ServerPolicy = field(default_factory=DefaultPolicy)
+    config: ServerConfig = field(default_factory=ServerConfig)
+    state: ServerState = ServerState.AWAIT_INIT
+    session: SessionInfo | None = None
+    _reader: ServerFrameReader = field(default_factory=ServerFrameReader)
+    _out: bytearray = field(default_factory=bytearray)
+    _file: CameraFile | None = None
+    _metadata: Metadata | None = None
+    _transfer: _Transfer | None = None
+    _resume: _Resume | None = None
+    _handlers: dict[CommandId, Callable[[bytes, float, list[Event]], None]] = field(
+        init=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        self._handlers = {
+            C.INIT: self._on_init,
+            C.PATH: self._on_path,
+            C.METADATA: self._on_metadata,
+            C.START: self._on_start,
+            C.SYNC: self._on_sync,
+            C.DATA: self._on_data,
+            C.ENHANCED_DATA: self._on_enhanced_data,
+            C.STATUS: self._on_status,
+        }
+
+    # Public API -------------------------------------------------------------------------
+
+    @property
+    def transfer_offset(self) -> int | None:
+        """Bytes of the current file received and checked so far."""
+        return None if self._transfer is None else self._transfer.received
+
+    def receive_data(self, data: bytes, now: float) -> list[Event]:
+        """Feed bytes from the device; return what they meant.
+
+        Raises RemoteProtocolError on anything the protocol does not allow; the connection is
+        then in ERROR and should be closed. The events of the same call before the error ride
+        on the exception (``exc.events``).
+        """
+        if self.state is S.ERROR:
+            raise LocalProtocolError("connection already failed")
+        if self.state is S.CLOSED:
+            return []
+        self._reader.feed(data)
+        events: list[Event] = []
+        try:
+            while not self._closed() and (frame := self._reader.next_frame()):
+                allowed = self._input(frame.command, events)
+                self._handlers[frame.command](frame.payload, now, events)
+                assert self.state in allowed, (frame.command, self.state)
+        except FrameError as exc:
+            message = f"{exc} (state {self.state_name})"
+            self._fail()
+            raise RemoteProtocolError(message, events) from None
+        except RemoteProtocolError as exc:
+            self._fail()
+            raise RemoteProtocolError(str(exc), events) from None
+        return events
+
+    def _fail(self) -> None:
+        self.state = S.ERROR
+        self._resume = None
+
+    def receive_eof(self) -> list[Event]:
+        """The device closed its side."""
+        if self.state in (S.CLOSED, S.ERROR):
+            return []
+        reason = self._eof_reason()
+        self._input(LocalInput.EOF, [])
+        self._resume = None
+        self.state = S.CLOSED
+        return [SessionClosed(reason=reason, clean=False)]
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When ``handle_timeout`` wants to be called, if at all."""
+        return None if self._resume is None else self._resume.deadline
+
+    def handle_timeout(self, now: float) -> list[Event]:
+        """Re-send an unanswered RESUME; give up after ``max_resume_attempts``."""
+        resume = self._resume
+        if resume is None or now < resume.deadline:
+            return []
+        events: list[Event] = []
+        self._input(LocalInput.TIMEOUT, events)
+        if resume.attempts + 1 >= self.config.max_resume_attempts:
+            self._close(f"no SYNC after {resume.attempts + 1} RESUMEs", False, events)
+        else:
+            self._send_resume(now, retry=True)
+        return events
+
+    def confirm_file(self) -> None:
+        """The completed file is durable: tell the device (REPEAT INIT) and go on."""
+        self._input(LocalInput.CONFIRM_FILE, [])
+        self._out += b"\x00\x09"  # bare two bytes, as Teltonika's test server and Traccar send
+        self._transfer = None
+        self.state = S.AWAIT_INIT
+
+    def close(self, reason: str) -> list[Event]:
+        """Send CLOSE SESSION; the device will come back later for what is left."""
+        if self.state in (S.CLOSED, S.ERROR):
+            return []
+        events: list[Event] = []
+        self._input(LocalInput.CLOSE, events)
+        self._close(reason, False, events)
+        return events
+
+    def send_status(self, status: int) -> None:
+        if self.state in (S.CLOSED, S.ERROR):
+            raise LocalProtocolError(f"cannot send STATUS in state {self.state_name}")
+        self._out += encode(C.STATUS, _U32.pack(status))
+
+    def _closed(self) -> bool:
+        return self.state is S.CLOSED
+
+    @property
+    def state_name(self) -> str:
+        return self.state.name
+
+    # Transitions ------------------------------------------------------------------------
+
+    def _input(
+        self, trigger: CommandId | LocalInput, events: list[Event]
+    ) -> frozenset[ServerState]:
+        allowed = TRANSITIONS.get((self.state, trigger))
+        if allowed is not None:
+            return allowed
+        name = trigger.label() if isinstance(trigger, CommandId) else trigger.name
+        if isinstance(trigger, LocalInput):
+            raise LocalProtocolError(f"{name} not allowed in state {self.state_name}")
+        expected = sorted(
+            t.label() for (s, t) in TRANSITIONS if s is self.state and isinstance(t, CommandId)
+        )
+        raise RemoteProtocolError(
+            f"device sent {name} in state {self.state_name}; expected {', '.join(expected)}"
+        )
+
+    def _close(self, reason: str, clean: bool, events: list[Event]) -> None:
+        self._out += encode(C.INIT)  # 0000 0000: CLOSE SESSION
+        self._resume = None
+        self.state = S.CLOSED
+        events.append(SessionClosed(reason=reason, clean=clean))
+
+    def _eof_reason(self) -> str:
+        if self.session is None:
+            return "device closed the connection before INIT"
+        transfer = self._transfer
+        if self.state is S.AWAIT_CONFIRM and transfer is not None:
+            return f"device closed the connection before {transfer.file} was confirmed"
+        if transfer is not None:
+            return f"device closed the connection mid-transfer: {transfer.describe()}"
+        return f"device closed the connection in state {self.state_name}"
+
+    def _on_init(self, payload: bytes, now: float, events: list[Event]) -> None:
+        protocol, imei, settings = _INIT.unpack(payload)
+        if protocol not in self.config.supported_protocols:
+            supported = ", ".join(map(str, sorted(self.config.supported_protocols)))
+            raise RemoteProtocolError(
+                f"INIT protocol id {protocol} unsupported (supported: {supported})"
+            )
+        if imei >= _MAX_IMEI:
+            raise RemoteProtocolError(f"INIT IMEI {imei} has more than 15 digits")
+        if self.session is not None and imei != self.session.imei:
+            raise RemoteProtocolError(f"INIT IMEI changed from {self.session.imei} to {imei}")
+        first = self.session is None
+        session = self.session = SessionInfo(imei, protocol, settings)
+        files = tuple(CameraFile.for_slot(slot) for slot in offered_slots(settings))
+        path_ready = bool(settings >> PATH_FILE_READY_BIT & 1)
+        if first:
+            events.append(
+                SessionStarted(
+                    imei=imei,
+                    protocol=protocol,
+                    settings=settings,
+                    offered=files,
+                    path_file_ready=path_ready,
+                )
+            )
+        events.extend(FileOffered(file=file) for file in files)
+        if path_ready and self.policy.want_path_file(session):
+            self._out += encode(C.PATH_REQUEST, b"\x00\x00")
+            self.state = S.AWAIT_PATH
+            return
+        self._choose(files, events)
+
+    def _on_path(self, payload: bytes, now: float, events: list[Event]) -> None:
+        file = CameraFile.for_path(payload)
+        events.append(FileOffered(file=file))
+        self._choose((file,), events)
+
+    def _choose(self, offered: Sequence[CameraFile], events: list[Event]) -> None:
+        assert self.session is not None
+        chosen = self.policy.choose_file(self.session, offered) if offered else None
+        if chosen is None:
+            self._close("no more files" if offered == () else "policy declined", True, events)
+            return
+        if chosen not in offered:
+            raise LocalProtocolError(f"policy chose {chosen}, which the device did not offer")
+        self._file, self._metadata = chosen, None
+        if self.policy.want_metadata(self.session, chosen):
+            identifier = b"" if chosen.by_path else chosen.identifier
+            self._out += encode(C.METADATA_REQUEST, identifier)
+            self.state = S.AWAIT_METADATA
+        else:
+            self._request_file(chosen)
+
+    def _request_file(self, file: CameraFile) -> None:
+        self._out += encode(C.FILE_REQUEST, file.identifier)
+        self.state = S.AWAIT_START
+
+    def _on_metadata(self, payload: bytes, now: float, events: list[Event]) -> None:
+        assert self._file is not None and self.session is not None
+        metadata = decode_metadata(payload, self._file.camera, self.session.protocol)
+        self._metadata = metadata
+        events.append(MetadataReceived(file=self._file, metadata=metadata))
+        self._request_file(self._file)
+
+    def _on_start(self, payload: bytes, now: float, events: list[Event]) -> None:
+        file, session = self._file, self.session
+        assert file is not None and session is not None
+        value, extra = _START.unpack(payload)
+        if value == 0:
+            events.append(FileEmpty(file=file))
+            self._out += b"\x00\x09"
+            self.state = S.AWAIT_INIT
+            return
+        by_packets = not file.by_path
+        size = None if by_packets else value
+        packets = value if by_packets else None
+        device_crc = None if by_packets else extra
+        info = TransferInfo(
+            file=file, size=size, packets=packets, device_crc=device_crc, metadata=self._metadata
+        )
+        point = self.policy.resume_point(session, info)
+        limit = value * DATA_CHUNK if by_packets else value
+        aligned = point.offset % DATA_CHUNK == 0 or not by_packets
+        if not (0 <= point.offset < limit and aligned):
+            point = ResumePoint()  # unusable: fetch the whole file again
+        self._transfer = _Transfer(
+            file=file,
+            by_packets=by_packets,
+            total=value,
+            device_crc=device_crc,
+            received=point.offset,
+            chain=point.crc,
+            file_crc=point.crc,
+        )
+        events.append(
+            TransferStarted(
+                file=file,
+                size=size,
+                packets=packets,
+                device_crc=device_crc,
+                resume_offset=point.offset,
+            )
+        )
+        self._send_resume(now, retry=False)
+
+    def _send_resume(self, now: float, *, retry: bool) -> None:
+        transfer = self._transfer
+        assert transfer is not None
+        wire = transfer.wire_offset(transfer.received, self.config.dualcam_first_resume)
+        self._out += encode(C.RESUME, _U32.pack(wire))
+        attempts = self._resume.attempts + 1 if retry and self._resume is not None else 0
+        self._resume = _Resume(deadline=now + self.config.resume_interval, attempts=attempts)
+        self.state = S.AWAIT_SYNC
+
+    def _on_sync(self, payload: bytes, now: float, events: list[Event]) -> None:
+        transfer = self._transfer
+        assert transfer is not None
+        offset = transfer.byte_offset(_U32.unpack(payload)[0])
+        if offset == transfer.received:
+            transfer.after_sync = True
+            self._resume = None
+            self.state = S.RECEIVING
+            return
+        # The device will send from somewhere else than asked: ask again.
+        resume = self._resume
+        if resume is not None and resume.attempts + 1 >= self.config.max_resume_attempts:
+            self._close(
+                f"SYNC offsets never matched after {resume.attempts + 1} RESUMEs", False, events
+            )
+            return
+        self._send_resume(now, retry=True)
+
+    def _on_data(self, payload: bytes, now: float, events: list[Event]) -> None:
+        if self.state is S.AWAIT_SYNC:
+            assert self._transfer is not None
+            self._transfer.ignored += 1
+            return
+        crc = payload[-2] << 8 | payload[-1]
+        self._on_chunk(payload[:-2], crc, now, events)
+
+    def _on_enhanced_data(self, payload: bytes, now: float, events: list[Event]) -> None:
+        transfer = self._transfer
+        assert transfer is not None
+        if self.state is S.AWAIT_SYNC:
+            transfer.ignored += 1
+            return
+        if _U32.unpack_from(payload)[0] != transfer.received:
+            self._send_resume(now, retry=False)
+            return
+        crc = payload[-2] << 8 | payload[-1]
+        self._on_chunk(payload[4:-2], crc, now, events)
+
+    def _on_chunk(self, data: bytes, crc: int, now: float, events: list[Event]) -> None:
+        transfer = self._transfer
+        assert transfer is not None
+        size = len(data)
+        offset = transfer.received
+        if transfer.by_packets:
+            index = offset // DATA_CHUNK
+            if size != DATA_CHUNK and index != transfer.total - 1:
+                raise RemoteProtocolError(
+                    f"DATA packet {index + 1} of {transfer.total} has {size} bytes; only the "
+                    f"last may be shorter than {DATA_CHUNK} (state {self.state_name})"
+                )
+            last = index == transfer.total - 1
+        else:
+            if offset + size > transfer.total:
+                raise RemoteProtocolError(
+                    f"DATA of {size} bytes at byte {offset} runs past the {transfer.total} "
+                    f"bytes START announced (state {self.state_name})"
+                )
+            last = offset + size == transfer.total
+        file_crc = crc16(data, transfer.file_crc)
+        chained = file_crc if transfer.chain == transfer.file_crc else crc16(data, transfer.chain)
+        if crc == chained:
+            crc_init = transfer.chain
+        elif transfer.after_sync and crc == crc16(data):
+            crc_init = 0  # the device restarted its chain after RESUME/SYNC
+        else:
+            events.append(
+                CrcMismatch(file=transfer.file, offset=offset, expected=chained, received=crc)
+            )
+            transfer.failures += 1
+            if transfer.failures >= self.config.max_resume_attempts:
+                reason = f"{transfer.failures} CRC mismatches in a row at byte {offset}"
+                self._close(reason, False, events)
+                return
+            self._send_resume(now, retry=False)
+            return
+        events.append(
+            ChunkReceived(
+                file=transfer.file,
+                offset=offset,
+                data=data,
+                crc=crc,
+                crc_init=crc_init,
+                file_crc=file_crc,
+            )
+        )
+        transfer.chain, transfer.file_crc = crc, file_crc
+        transfer.received = offset + size
+        transfer.after_sync = False
+        transfer.failures = 0
+        if last:
+            device_ok = None if transfer.device_crc is None else transfer.device_crc == file_crc
+            events.append(
+                TransferComplete(
+                    file=transfer.file,
+                    size=transfer.received,
+                    file_crc=file_crc,
+                    device_crc_ok=device_ok,
+                )
+            )
+            self.state = S.AWAIT_CONFIRM
+
+    def _on_status(self, payload: bytes, now: float, events: list[Event]) -> None:
+        events.append(StatusReceived(status=_U32.unpack(payload)[0]))

@@ -1,0 +1,240 @@
+"""``fleetgate simulate``: a fleet of simulated cameras against an ingestor.
+
+Progress goes to stderr once a second; each device's outcome and a summary (or, with
+``--json``, the whole report) go to stdout at the end. The exit status is 0 when every file
+of every device was accepted, 1 when any was not, 2 for bad settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import re
+import sys
+
+from .content import ContentSpec
+from .faults import Faults
+from .fleet import DEFAULT_PORT, Fleet, FleetReport, SimulationConfig
+
+__all__ = ["add_arguments", "config_from_args", "parse_size", "run"]
+
+_SIZE = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[kmg]?)(?:i?b)?", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """``"50K"`` -> 51200: bytes, with an optional K, M or G suffix (powers of 1024)."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1000, 50K, 6M, 1.5G)")
+    return int(float(match["number"]) * _UNITS[match["unit"].lower()])
+
+
+def _rate(text: str) -> int:
+    rate = parse_size(text)
+    if rate <= 0:
+        raise argparse.ArgumentTypeError("the rate must be positive")
+    return rate
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every setting of ``simulate`` to its subparser."""
+    target = parser.add_argument_group("target")
+    target.add_argument("--host", default="127.0.0.1", help="ingestor host")
+    target.add_argument("--port", type=int, default=DEFAULT_PORT, help="ingestor camera port")
+
+    fleet = parser.add_argument_group("fleet")
+    fleet.add_argument("--devices", type=int, default=10, help="cameras to simulate")
+    fleet.add_argument(
+        "--dualcam-ratio",
+        type=float,
+        default=0.5,
+        help="share of DualCam cameras (0..1); the rest are DSM",
+    )
+    fleet.add_argument("--photos", type=int, default=1, help="photos per device")
+    fleet.add_argument("--videos", type=int, default=1, help="videos per device")
+    fleet.add_argument(
+        "--photo-size", type=parse_size, default="50K", help="bytes per photo (K, M, G suffixes)"
+    )
+    fleet.add_argument(
+        "--video-size", type=parse_size, default="6M", help="bytes per video (K, M, G suffixes)"
+    )
+    fleet.add_argument(
+        "--seed", type=int, default=0, help="seeds content, IMEIs and random fault choices"
+    )
+    fleet.add_argument(
+        "--concurrency", type=int, default=0, help="devices connected at once (0: all)"
+    )
+
+    faults = parser.add_argument_group("faults (any combination)")
+    faults.add_argument(
+        "--bad-crc-at",
+        type=int,
+        metavar="K",
+        default=None,
+        help="send DATA packet K (1-based) of every file once with a wrong CRC",
+    )
+    faults.add_argument(
+        "--disconnect-at",
+        type=int,
+        metavar="K",
+        default=None,
+        help="drop a connection after its K-th DATA packet, then reconnect and resume",
+    )
+    faults.add_argument(
+        "--disconnects",
+        type=int,
+        default=1,
+        help="how many connections of each device --disconnect-at drops",
+    )
+    faults.add_argument(
+        "--garbage",
+        type=int,
+        nargs="?",
+        const=8,
+        metavar="K",
+        default=None,
+        help="after K DATA packets (8 if K is left out) send random bytes instead of a command"
+        " once; the server should close the session and the device reconnects",
+    )
+    faults.add_argument(
+        "--slow",
+        type=_rate,
+        metavar="BYTES_PER_S",
+        default=None,
+        help="limit each device's link to this many bytes per second (K, M suffixes)",
+    )
+    faults.add_argument(
+        "--split",
+        action="store_true",
+        help="split and merge TCP writes at random (seeded)",
+    )
+    faults.add_argument(
+        "--restart-crc",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start the CRC chain at 0 after a RESUME (else continue it over the resumed bytes)",
+    )
+
+    timing = parser.add_argument_group("timing")
+    timing.add_argument("--timeout", type=float, default=300.0, help="seconds for the whole run")
+    timing.add_argument(
+        "--io-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the server on a connection before dropping it",
+    )
+    timing.add_argument(
+        "--max-reconnects",
+        type=int,
+        default=5,
+        help="failed connections in a row before a device gives up",
+    )
+    timing.add_argument(
+        "--reconnect-backoff", type=float, default=0.1, help="seconds to wait before reconnecting"
+    )
+
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "--json", action="store_true", help="print the report as JSON instead of text"
+    )
+    output.add_argument(
+        "--progress-interval",
+        type=float,
+        default=1.0,
+        help="seconds between progress lines on stderr (0: none)",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> SimulationConfig:
+    """The run ``args`` describe; ValueError if the settings don't fit together."""
+    return SimulationConfig(
+        host=args.host,
+        port=args.port,
+        devices=args.devices,
+        dualcam_ratio=args.dualcam_ratio,
+        content=ContentSpec(
+            photos=args.photos,
+            videos=args.videos,
+            photo_size=args.photo_size,
+            video_size=args.video_size,
+        ),
+        faults=Faults(
+            bad_crc_at=args.bad_crc_at,
+            disconnect_at=args.disconnect_at,
+            disconnects=args.disconnects,
+            garbage_at=args.garbage,
+            slow=None if args.slow is None else float(args.slow),
+            split=args.split,
+            restart_crc_after_resume=args.restart_crc,
+        ),
+        seed=args.seed,
+        timeout=args.timeout,
+        max_reconnects=args.max_reconnects,
+        reconnect_backoff=args.reconnect_backoff,
+        io_timeout=args.io_timeout,
+        concurrency=args.concurrency,
+    )
+
+
+async def _simulate(config: SimulationConfig, interval: float) -> FleetReport:
+    fleet = Fleet(config)
+
+    async def report_progress() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            print(f"simulate: {fleet.progress().line()}", file=sys.stderr, flush=True)
+
+    if interval <= 0:
+        return await fleet.run()
+    progress = asyncio.create_task(report_progress())
+    try:
+        return await fleet.run()
+    finally:
+        progress.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await progress
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the fleet; 0 if every file was accepted, 1 if not, 2 for bad settings."""
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"fleetgate simulate: error: {exc}", file=sys.stderr)
+        return 2
+    target = f"{config.host}:{config.port}"
+    print(
+        f"simulate: {config.devices} devices -> {target},"
+        f" faults: {', '.join(config.faults.active) or 'none'}",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        report = asyncio.run(_simulate(config, args.progress_interval))
+    except KeyboardInterrupt:
+        print("fleetgate simulate: interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for outcome in report.outcomes:
+            print(outcome.line())
+            for error in outcome.errors:
+                print(f"    error: {error}")
+            if outcome.errors_dropped:
+                print(f"    ... and {outcome.errors_dropped} more errors")
+        print(report.summary())
+    if report.ok:
+        return 0
+    failed = report.failed
+    errors = next((outcome.errors for outcome in failed if outcome.errors), ["no error recorded"])
+    first = errors[0] if len(errors) == 1 else f"{errors[0]}; {errors[-1]}"
+    print(
+        f"fleetgate simulate: FAILED: {len(failed)} of {len(report.outcomes)} devices did not"
+        f" get every file accepted by {target} (e.g. device {failed[0].imei}: {first})",
+        file=sys.stderr,
+    )
+    return 1
