@@ -40,6 +40,11 @@ class Subcommand:
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {
+    "ingestor": Subcommand(
+        help="Accept camera TCP sessions and publish them to Kafka.",
+        add_arguments="ingestor.cli:add_arguments",
+        run="ingestor.cli:run",
+    ),
     "simulate": Subcommand(
         help="Simulate Teltonika camera devices talking to an ingestor.",
         add_arguments="simulator.cli:add_arguments",

@@ -1,0 +1,38 @@
+"""Settings on the command line: every field of a settings class becomes ``--option``.
+
+The help text of each option names its environment variable and default, so
+``fleetgate <service> --help`` documents the service. Options given on the command line win
+over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, TypeVar
+
+from pydantic_settings import BaseSettings
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, settings: type[BaseSettings]) -> None:
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    group = parser.add_argument_group("settings (command line or environment)")
+    for name, field in settings.model_fields.items():
+        option = "--" + name.replace("_", "-")
+        env = (prefix + name).upper()
+        default = "computed" if field.default_factory is not None else field.default
+        text = f"{field.description or name} [env {env}; default {default!r}]"
+        kwargs: dict[str, Any] = {"dest": f"setting_{name}", "default": None, "help": text}
+        if field.annotation is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        group.add_argument(option, **kwargs)
+
+
+def settings_from_args(settings: type[S], args: argparse.Namespace) -> S:
+    overrides = {
+        name: value
+        for name in settings.model_fields
+        if (value := getattr(args, f"setting_{name}", None)) is not None
+    }
+    return settings(**overrides)

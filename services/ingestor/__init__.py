@@ -1,0 +1,1 @@
+"""The ingestor: camera TCP sessions in, Kafka records out (``fleetgate ingestor``)."""
