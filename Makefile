@@ -28,7 +28,12 @@ $(UV):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-$(STAMP): $(LOCK) pyproject.toml | $(UV)
+NODE_STAMP := deploy/local/node_modules/.installed.stamp
+$(NODE_STAMP): deploy/local/package-lock.json
+	npm ci --prefix deploy/local --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(STAMP): $(LOCK) pyproject.toml $(NODE_STAMP) | $(UV)
 	$(UV) pip sync --quiet $(LOCK)
 	$(UV) pip install --quiet --no-deps --no-build-isolation --editable .
 	@rm -rf .mypy_cache  # mypy's cache can keep "module not found" across installs

@@ -50,6 +50,16 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         add_arguments="simulator.cli:add_arguments",
         run="simulator.cli:run",
     ),
+    "connector": Subcommand(
+        help="Deliver file events from Kafka to HTTP endpoints as JSON webhooks.",
+        add_arguments="connector.cli:add_arguments",
+        run="connector.cli:run",
+    ),
+    "webhook-sink": Subcommand(
+        help="Receive webhooks and print each as a JSON line (for local runs and tests).",
+        add_arguments="connector.sink:add_arguments",
+        run="connector.sink:run",
+    ),
 }
 
 

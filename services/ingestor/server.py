@@ -27,6 +27,7 @@ class KafkaSink:
             linger_ms=settings.kafka_linger_ms,
             max_request_size=settings.kafka_max_request_bytes,
             max_batch_size=256 * 1024,
+            request_timeout_ms=settings.kafka_request_timeout_ms,
             client_id=f"fleetgate-ingestor-{settings.instance}",
         )
 

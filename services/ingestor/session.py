@@ -399,8 +399,11 @@ class CameraSession:
         self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
     ) -> asyncio.Future[Any]:
         try:
-            future = await self.sink.send(topic, key, value, headers)
-        except Exception as exc:  # the producer refused the record outright
+            # Enqueueing waits while the producer is full (backpressure) or has no metadata
+            # (broker unreachable); the latter must not hang the session.
+            async with asyncio.timeout(self.settings.ack_timeout):
+                future = await self.sink.send(topic, key, value, headers)
+        except Exception as exc:  # refused outright, or no room for ack_timeout seconds
             raise KafkaFailed(f"cannot enqueue to {topic}: {exc!r}") from exc
         metrics.kafka_records.labels(topic).inc()
         self._pending.append((future, len(value)))

