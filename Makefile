@@ -81,9 +81,8 @@ bench: .venv ## Run the benchmarks (tests/bench/run.py)
 	$(BIN)/python tests/bench/run.py
 
 .PHONY: run
-run: .venv ## Run fleetgate locally (not wired up yet)
-	@echo "not yet"
-	@exit 1
+run: .venv ## Run the pipeline on an embedded broker and S3 server (Ctrl-C stops it)
+	$(BIN)/fleetgate devstack
 
 .PHONY: clean
 clean: ## Remove .venv, caches and build output

@@ -7,9 +7,9 @@ import io
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from tests.conftest import S3
 
 from contracts import Topic
+from tests.conftest import S3
 
 
 def test_topics_exist_with_their_partitions(kafka: str) -> None:

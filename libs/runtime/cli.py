@@ -8,7 +8,7 @@ over the environment.
 from __future__ import annotations
 
 import argparse
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from pydantic_settings import BaseSettings
 
@@ -23,9 +23,15 @@ def add_settings_arguments(parser: argparse.ArgumentParser, settings: type[BaseS
         env = (prefix + name).upper()
         default = "computed" if field.default_factory is not None else field.default
         text = f"{field.description or name} [env {env}; default {default!r}]"
-        kwargs: dict[str, Any] = {"dest": f"setting_{name}", "default": None, "help": text}
-        if field.annotation is bool:
+        kwargs: dict[str, Any] = {
+            "dest": f"setting_{name}",
+            "default": argparse.SUPPRESS,  # absent: the environment or the default applies
+            "help": text,
+        }
+        if field.annotation is bool or bool in get_args(field.annotation):
             kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["metavar"] = name.split("_")[-1].upper()
         group.add_argument(option, **kwargs)
 
 

@@ -65,21 +65,23 @@ class Process:
     port: int
     log: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
+    #: Without a log file: share our stdout/stderr (True) or discard the output (False).
+    inherit: bool = False
     popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Process:
         if self.log is None:
-            self.popen = self._spawn(subprocess.DEVNULL)
+            self.popen = self._spawn(None if self.inherit else subprocess.DEVNULL)
         else:
             with self.log.open("ab") as out:  # the child keeps its own copy of the descriptor
                 self.popen = self._spawn(out)
         return self
 
-    def _spawn(self, out: int | IO[bytes]) -> subprocess.Popen[bytes]:
+    def _spawn(self, out: int | IO[bytes] | None) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             list(self.args),
             stdout=out,
-            stderr=subprocess.STDOUT,
+            stderr=None if out is None else subprocess.STDOUT,
             env={**os.environ, **self.env},
             start_new_session=True,  # Ctrl-C reaches us, and we stop the children in order
         )
@@ -147,9 +149,9 @@ def start_moto(port: int | None = None, log: Path | None = None) -> Process:
     return process
 
 
-async def wait_kafka(bootstrap: str, timeout: float = 20.0) -> None:
+async def wait_kafka(bootstrap: str, within: float = 20.0) -> None:
     """Until the broker answers a metadata request."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
         try:
@@ -178,7 +180,9 @@ async def create_topics(
     try:
         existing = set(await admin.list_topics())
         new = [
-            NewTopic(str(topic), count, 1) for topic, count in wanted.items() if topic not in existing
+            NewTopic(str(topic), count, 1)
+            for topic, count in wanted.items()
+            if topic not in existing
         ]
         new += [NewTopic(name, 4, 1) for name in extra if name not in existing]
         if new:

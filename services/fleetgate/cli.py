@@ -45,6 +45,16 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         add_arguments="ingestor.cli:add_arguments",
         run="ingestor.cli:run",
     ),
+    "assembler": Subcommand(
+        help="Reassemble camera files from Kafka, verify them and store them in S3.",
+        add_arguments="assembler.cli:add_arguments",
+        run="assembler.cli:run",
+    ),
+    "devstack": Subcommand(
+        help="Run the whole pipeline on an embedded broker and S3 server (make run).",
+        add_arguments="devstack.cli:add_arguments",
+        run="devstack.cli:run",
+    ),
     "simulate": Subcommand(
         help="Simulate Teltonika camera devices talking to an ingestor.",
         add_arguments="simulator.cli:add_arguments",

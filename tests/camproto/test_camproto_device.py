@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from tests.camproto.camproto_helpers import DSM_PATH, frame, path_file, payload_bytes, slot_file
 
 from camproto import (
     Camera,
@@ -25,6 +24,7 @@ from camproto import (
 )
 from camproto.device import OBSERVED_EXTRA_SETTINGS
 from camproto.files import offered_slots
+from tests.camproto.camproto_helpers import DSM_PATH, frame, path_file, payload_bytes, slot_file
 
 h = bytes.fromhex
 PHOTOF = CameraFile.for_slot(DualCamSlot.PHOTO_FRONT)

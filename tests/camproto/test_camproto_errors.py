@@ -4,15 +4,6 @@ CRC retries, and a device connection that refuses further input."""
 from __future__ import annotations
 
 import pytest
-from tests.camproto.camproto_helpers import (
-    data_frame,
-    init_bytes,
-    payload_bytes,
-    server_in,
-    slot_file,
-    start_frame,
-    sync_frame,
-)
 
 from camproto import (
     CameraDevice,
@@ -24,6 +15,15 @@ from camproto import (
     ServerConnection,
     ServerState,
     SessionClosed,
+)
+from tests.camproto.camproto_helpers import (
+    data_frame,
+    init_bytes,
+    payload_bytes,
+    server_in,
+    slot_file,
+    start_frame,
+    sync_frame,
 )
 
 

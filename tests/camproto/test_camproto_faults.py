@@ -5,17 +5,6 @@ from __future__ import annotations
 import random
 
 import pytest
-from tests.camproto.camproto_helpers import (
-    DSM_PATH,
-    DevicePair,
-    Store,
-    StorePolicy,
-    path_file,
-    payload_bytes,
-    random_cuts,
-    slot_file,
-    whole,
-)
 
 from camproto import (
     CameraDevice,
@@ -35,6 +24,17 @@ from camproto import (
     crc16,
 )
 from camproto._wire import ServerFrameReader
+from tests.camproto.camproto_helpers import (
+    DSM_PATH,
+    DevicePair,
+    Store,
+    StorePolicy,
+    path_file,
+    payload_bytes,
+    random_cuts,
+    slot_file,
+    whole,
+)
 
 h = bytes.fromhex
 SIZE = 10 * 1024 - 100  # 10 packets, the last one short

@@ -7,26 +7,6 @@ import random
 from collections.abc import Callable
 
 import pytest
-from tests.camproto.camproto_helpers import (
-    ADAS_PATH,
-    DSM_META,
-    DSM_PATH,
-    DUALCAM_META,
-    DevicePair,
-    Transform,
-    bytewise,
-    data_frame,
-    frame,
-    init_bytes,
-    merged,
-    path_file,
-    payload_bytes,
-    random_cuts,
-    server_kinds,
-    slot_file,
-    u32,
-    whole,
-)
 
 from camproto import (
     AdasMetadata,
@@ -48,6 +28,26 @@ from camproto import (
     TransferComplete,
     TransferStarted,
     crc16,
+)
+from tests.camproto.camproto_helpers import (
+    ADAS_PATH,
+    DSM_META,
+    DSM_PATH,
+    DUALCAM_META,
+    DevicePair,
+    Transform,
+    bytewise,
+    data_frame,
+    frame,
+    init_bytes,
+    merged,
+    path_file,
+    payload_bytes,
+    random_cuts,
+    server_kinds,
+    slot_file,
+    u32,
+    whole,
 )
 
 h = bytes.fromhex

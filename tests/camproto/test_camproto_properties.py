@@ -10,22 +10,6 @@ from dataclasses import dataclass
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.camproto.camproto_helpers import (
-    ADAS_PATH,
-    COMMUNITY_IMEI,
-    DSM_PATH,
-    DevicePair,
-    Store,
-    StorePolicy,
-    data_frame,
-    drive,
-    frame,
-    init_bytes,
-    path_file,
-    random_cuts,
-    slot_file,
-    u32,
-)
 
 from camproto import (
     TRANSITIONS,
@@ -48,6 +32,22 @@ from camproto import (
     SessionInfo,
     TransferInfo,
     crc16,
+)
+from tests.camproto.camproto_helpers import (
+    ADAS_PATH,
+    COMMUNITY_IMEI,
+    DSM_PATH,
+    DevicePair,
+    Store,
+    StorePolicy,
+    data_frame,
+    drive,
+    frame,
+    init_bytes,
+    path_file,
+    random_cuts,
+    slot_file,
+    u32,
 )
 
 S = ServerState

@@ -6,21 +6,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import pytest
-from tests.camproto.camproto_helpers import (
-    COMMUNITY_IMEI,
-    DSM_INIT,
-    DSM_PATH,
-    DUALCAM_META,
-    PHOTOF_INIT,
-    data_frame,
-    frame,
-    init_bytes,
-    payload_bytes,
-    server_in,
-    start_frame,
-    sync_frame,
-    u32,
-)
 
 from camproto import (
     CameraFile,
@@ -48,6 +33,21 @@ from camproto import (
     TransferInfo,
     TransferStarted,
     crc16,
+)
+from tests.camproto.camproto_helpers import (
+    COMMUNITY_IMEI,
+    DSM_INIT,
+    DSM_PATH,
+    DUALCAM_META,
+    PHOTOF_INIT,
+    data_frame,
+    frame,
+    init_bytes,
+    payload_bytes,
+    server_in,
+    start_frame,
+    sync_frame,
+    u32,
 )
 
 h = bytes.fromhex

@@ -11,18 +11,6 @@ import re
 from pathlib import Path
 
 import pytest
-from tests.camproto.camproto_helpers import (
-    COMMUNITY_IMEI,
-    DSM_PATH,
-    DevicePair,
-    data_frame,
-    frame,
-    init_bytes,
-    path_file,
-    payload_bytes,
-    slot_file,
-    u32,
-)
 
 from camproto import (
     CameraDevice,
@@ -49,6 +37,18 @@ from camproto import (
     crc16,
 )
 from camproto._wire import Frame, ServerFrameReader
+from tests.camproto.camproto_helpers import (
+    COMMUNITY_IMEI,
+    DSM_PATH,
+    DevicePair,
+    data_frame,
+    frame,
+    init_bytes,
+    path_file,
+    payload_bytes,
+    slot_file,
+    u32,
+)
 
 h = bytes.fromhex
 VECTORS = Path(__file__).parent / "vectors"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from tests.camproto.camproto_helpers import DSM_PATH, data_frame, frame, tr_device, tr_server, u32
 
 from camproto import CommandId, crc16
 from camproto._wire import DeviceFrameReader, Frame, FrameError, ServerFrameReader, encode
+from tests.camproto.camproto_helpers import DSM_PATH, data_frame, frame, tr_device, tr_server, u32
 
 C = CommandId
 h = bytes.fromhex

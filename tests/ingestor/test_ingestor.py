@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.ingestor.ingestor_helpers import read_published, running, settings
 
 from camproto import CameraDevice, CameraFile, DeviceFile, DualCamSlot, FileAccepted, crc16
 from contracts import ChunkHeader
@@ -16,6 +15,7 @@ from contracts import models as wire
 from devstack.infra import create_topics, start_tansu, wait_kafka
 from ingestor.server import Ingestor, KafkaSink
 from simulator import ContentSpec, Faults, Fleet, SimulationConfig, simulate
+from tests.ingestor.ingestor_helpers import read_published, running, settings
 
 
 def device_files(config: SimulationConfig) -> dict[tuple[str, str], bytes]:

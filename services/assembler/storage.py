@@ -1,0 +1,124 @@
+"""S3-compatible object storage through the ``minio`` client (its blocking calls run in threads).
+
+An object appears under its key only once every byte is there: a small file is one PUT, a
+larger one a multipart upload that S3 publishes at CompleteMultipartUpload (an upload cut
+short is aborted, or left invisible until a bucket lifecycle rule removes it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import certifi
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+
+from .settings import AssemblerSettings
+
+__all__ = ["ObjectStore", "StoreResult"]
+
+#: Parts of one multipart upload sent at once (memory: this many parts per upload).
+_PARALLEL_PARTS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    key: str
+    uploaded: bool  # False: an identical object (same sha256) was there already
+
+
+class ObjectStore:
+    def __init__(self, settings: AssemblerSettings) -> None:
+        self.bucket = settings.s3_bucket
+        self.part_size = settings.s3_part_size
+        timeout = settings.s3_timeout
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout),
+            maxsize=8,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+            # A short burst of retries inside one attempt; the caller retries for ever.
+            retries=urllib3.Retry(
+                total=2, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504]
+            ),
+        )
+        self.client = Minio(
+            settings.s3_host,
+            access_key=settings.s3_access_key or None,
+            secret_key=settings.s3_secret_key.get_secret_value() or None,
+            secure=settings.s3_tls,
+            region=settings.s3_region or None,
+            http_client=http,
+        )
+
+    async def ensure_bucket(self) -> bool:
+        """Create the bucket if it is missing; True if it was created."""
+        return await asyncio.to_thread(self._ensure_bucket)
+
+    def _ensure_bucket(self) -> bool:
+        if self.client.bucket_exists(self.bucket):
+            return False
+        try:
+            self.client.make_bucket(self.bucket)
+        except S3Error as exc:  # another instance made it meanwhile
+            if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
+            return False
+        return True
+
+    async def store(
+        self, path: Path, key: str, content_type: str, metadata: dict[str, str], sha256: str
+    ) -> StoreResult:
+        """Upload ``path`` under ``key`` unless an object with the same SHA-256 is there.
+
+        An object with other content under the key (the same transfer stored with different
+        bytes) is kept: this file then goes to ``key`` with ``-<sha256[:12]>`` before the
+        extension, so every key only ever holds the bytes its event announced.
+        """
+        return await asyncio.to_thread(self._store, path, key, content_type, metadata, sha256)
+
+    def _store(
+        self, path: Path, key: str, content_type: str, metadata: dict[str, str], sha256: str
+    ) -> StoreResult:
+        for candidate in (key, _variant(key, sha256)):
+            existing = self._sha256_of(candidate)
+            if existing == sha256:
+                return StoreResult(candidate, uploaded=False)
+            if existing is None:
+                self.client.fput_object(
+                    self.bucket,
+                    candidate,
+                    str(path),
+                    content_type=content_type,
+                    metadata=dict(metadata),
+                    part_size=self.part_size,
+                    num_parallel_uploads=_PARALLEL_PARTS,
+                )
+                return StoreResult(candidate, uploaded=True)
+        raise RuntimeError(f"{key} and its variant both hold other content")
+
+    def _sha256_of(self, key: str) -> str | None:
+        """The sha256 metadata of the object under ``key``; None if there is none;
+        "" if it exists without one."""
+        try:
+            stat = self.client.stat_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                return None
+            raise
+        headers = stat.metadata or {}
+        for name, value in headers.items():
+            if name.lower() == "x-amz-meta-sha256":
+                return str(value)
+        return ""
+
+
+def _variant(key: str, sha256: str) -> str:
+    stem, dot, extension = key.rpartition(".")
+    if not dot:
+        return f"{key}-{sha256[:12]}"
+    return f"{stem}-{sha256[:12]}.{extension}"

@@ -1,0 +1,63 @@
+"""Connector settings, from ``FLEETGATE_*`` environment variables or the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+
+from runtime import CommonSettings
+
+#: The longest a SigV4 presigned URL may live (7 days).
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+
+
+class ConnectorSettings(CommonSettings):
+    connector_config: Path | None = Field(
+        None, description="YAML file of the webhook endpoints (docs/connector.md)"
+    )
+    s3_endpoint: str = Field("127.0.0.1:9000", description="S3 API host:port (for presigning)")
+    s3_access_key: str = Field("", description="S3 access key")
+    s3_secret_key: SecretStr = Field(SecretStr(""), description="S3 secret key")
+    s3_region: str = Field("us-east-1", description="S3 region the URLs are signed for")
+    s3_secure: bool = Field(False, description="S3 over HTTPS")
+    s3_public_url: str | None = Field(
+        None,
+        description="scheme://host[:port] that webhook receivers reach S3 at, when it differs "
+        "from s3_endpoint (URLs are signed for this host)",
+    )
+    presign_expiry_seconds: int = Field(
+        MAX_PRESIGN_SECONDS,
+        ge=1,
+        le=MAX_PRESIGN_SECONDS,
+        description="lifetime of the download URLs in webhooks (at most 7 days)",
+    )
+    connector_group_prefix: str = Field(
+        "fleetgate-connector", description="consumer group of an endpoint: {prefix}-{name}"
+    )
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="where a new endpoint's group starts reading"
+    )
+    kafka_session_timeout_ms: int = Field(10000, description="consumer group session timeout")
+    kafka_heartbeat_interval_ms: int = Field(3000, description="consumer group heartbeat")
+    max_batch: int = Field(
+        500, ge=1, description="events fetched at once per endpoint (spread over partitions)"
+    )
+    retry_initial_seconds: float = Field(
+        1.0, gt=0, description="first retry delay; it doubles (with jitter) per failure"
+    )
+    retry_max_seconds: float = Field(60.0, gt=0, description="longest retry delay")
+    shutdown_grace_seconds: float = Field(
+        5.0, ge=0, description="on SIGTERM, how long an in-flight POST may still finish"
+    )
+
+    @field_validator("s3_public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        from .presign import split_public_url
+
+        split_public_url(value)  # raises ValueError with the reason
+        return value

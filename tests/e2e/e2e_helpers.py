@@ -1,0 +1,127 @@
+"""The whole pipeline as a user runs it: ``fleetgate devstack`` in a child process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from devstack.infra import free_port
+
+
+@dataclass
+class Receiver:
+    """A real HTTP server that keeps every webhook it receives."""
+
+    received: list[tuple[dict[str, str], dict[str, Any]]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+
+    def bodies(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [body for _, body in self.received]
+
+
+@contextmanager
+def receiver() -> Iterator[Receiver]:
+    state = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            body = json.loads(self.rfile.read(length))
+            with state.lock:
+                state.received.append((dict(self.headers.items()), body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    state.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=state.server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        state.server.shutdown()
+        state.server.server_close()
+
+
+@dataclass
+class Stack:
+    process: subprocess.Popen[str]
+    camera_port: int
+    s3_endpoint: str
+    data_dir: Path
+    output: list[str]
+
+
+@contextmanager
+def devstack(tmp_path: Path, connector_config: Path) -> Iterator[Stack]:
+    ports = {name: free_port() for name in ("camera", "kafka", "s3", "metrics")}
+    env = os.environ | {
+        "FLEETGATE_DATA_DIR": str(tmp_path / "data"),
+        "FLEETGATE_CAMERA_PORT": str(ports["camera"]),
+        "FLEETGATE_KAFKA_PORT": str(ports["kafka"]),
+        "FLEETGATE_S3_PORT": str(ports["s3"]),
+        "FLEETGATE_METRICS_BASE_PORT": "0",
+        "FLEETGATE_CONNECTOR_CONFIG": str(connector_config),
+        "FLEETGATE_LOG_JSON": "true",
+    }
+    env.pop("FLEETGATE_KAFKA_BOOTSTRAP", None)
+    env.pop("FLEETGATE_S3_ENDPOINT", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fleetgate", "devstack"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    stack = Stack(process, ports["camera"], f"127.0.0.1:{ports['s3']}", tmp_path / "data", output)
+    try:
+        deadline = time.monotonic() + 60
+        while not any("fleetgate is running" in line for line in output):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("devstack did not start:\n" + "".join(output[-40:]))
+            time.sleep(0.05)
+        yield stack
+    finally:
+        process.terminate()
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def wait_for(condition: Any, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
