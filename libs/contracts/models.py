@@ -15,13 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 __all__ = [
     "CaptureInfo",
+    "DeadLetter",
     "FileEvent",
     "FileFailed",
     "FileInfo",
     "FileStored",
+    "ReplayOutcome",
     "SessionEvent",
     "StoredFileData",
     "TransferEnd",
+    "TransferProgress",
     "TransferStart",
     "WebhookBody",
     "decode",
@@ -90,6 +93,42 @@ class TransferEnd(_Model):
     file_crc: int
     device_crc_ok: bool | None = None
     ended_at: datetime
+
+
+class TransferProgress(_Model):
+    """``fleetgate.camera.progress.v1`` record (key = transfer id): how far a transfer is
+    durable in ``fleetgate.camera.chunks.v1``. Compacted: only the latest per transfer
+    matters. Readers keep, per transfer, the complete record, else the furthest one of the
+    same ``origin``, else the newest (``updated_at``)."""
+
+    schema_: Literal["transfer.progress.v1"] = Field("transfer.progress.v1", alias="schema")
+    transfer_id: str
+    imei: str
+    identifier: str = Field(description="`%videor`-style DualCam slot or the device's path")
+    total: int = Field(
+        description="as START announced: bytes (DSM/ADAS) or 1024-byte packets (DualCam)"
+    )
+    offset: int = Field(
+        description="bytes [0, offset) of the file are in acknowledged chunk records; it "
+        "stops at the start of the last DATA packet, so it is a valid RESUME point"
+    )
+    crc: int = Field(description="CRC-16 of bytes [0, offset), as the device chains it")
+    origin: int = Field(
+        description="Kafka offset, in chunk-topic partition `partition`, of the transfer's "
+        "first start record: every durable byte can be read again from there"
+    )
+    partition: int = Field(description="chunk-topic partition of the transfer's records")
+    last_offset: int | None = Field(
+        None,
+        description="Kafka offset of the last chunk record `offset` counts: a later start "
+        "record of the transfer must lie beyond it, or the log was reset",
+    )
+    complete: bool = Field(False, description="every byte and the end record are durable")
+    size: int | None = Field(None, description="file size in bytes, once complete")
+    file_crc: int | None = Field(None, description="CRC-16 of the whole file, once complete")
+    session_id: str = Field(description="the session that made this progress")
+    ingestor: str = Field(description="the ingestor instance that published it")
+    updated_at: datetime
 
 
 class _SessionBase(_Model):
@@ -216,6 +255,43 @@ class WebhookBody(_Model):
     type: Literal["file.stored", "file.failed"]
     timestamp: datetime
     data: Annotated[StoredFileData | FileFailed, Field(discriminator="type")]
+
+
+class DeadLetter(_Model):
+    """``fleetgate.connector.deadletter.v1``: an event the connector gave up delivering to one
+    endpoint, with why. ``fleetgate connector replay --dead-letters`` delivers it again."""
+
+    schema_: Literal["connector.deadletter.v1"] = Field("connector.deadletter.v1", alias="schema")
+    endpoint: str
+    event_id: str = Field(description="the event's id, sent as webhook-id on every attempt")
+    reason: str = Field(
+        description="rejected (a 4xx other than 408/429), expired (still failing at the "
+        "maximum age), refused (the destination is a private address), invalid (no webhook "
+        "can be made of the event)"
+    )
+    attempts: int = Field(description="POSTs made (0: none, e.g. refused)")
+    first_attempt_at: datetime
+    last_attempt_at: datetime | None = None
+    last_status: int | None = Field(None, description="HTTP status of the last answer")
+    last_error: str | None = None
+    dead_lettered_at: datetime
+    source: str | None = Field(None, description="topic/partition/offset of the event")
+    event: FileEvent
+
+
+class ReplayOutcome(_Model):
+    """``fleetgate.connector.replays.v1``: one event that ``fleetgate connector replay`` sent."""
+
+    schema_: Literal["connector.replay.v1"] = Field("connector.replay.v1", alias="schema")
+    endpoint: str
+    event_id: str
+    mode: Literal["dead-letters", "since"]
+    delivered: bool
+    attempts: int
+    status: int | None = None
+    error: str | None = None
+    replayed_at: datetime
+    dead_letter: str | None = Field(None, description="partition/offset of the dead letter")
 
 
 def transfer_id(

@@ -9,7 +9,16 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from .models import FileEvent, SessionEvent, TransferEnd, TransferStart, WebhookBody
+from .models import (
+    DeadLetter,
+    FileEvent,
+    ReplayOutcome,
+    SessionEvent,
+    TransferEnd,
+    TransferProgress,
+    TransferStart,
+    WebhookBody,
+)
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
@@ -18,8 +27,17 @@ SCHEMAS: dict[str, tuple[Any, str]] = {
     "fleetgate.camera.sessions.v1.json": (SessionEvent, "fleetgate.camera.sessions.v1 value"),
     "transfer.start.v1.json": (TransferStart, "fleetgate.camera.chunks.v1 start record value"),
     "transfer.end.v1.json": (TransferEnd, "fleetgate.camera.chunks.v1 end record value"),
+    "fleetgate.camera.progress.v1.json": (
+        TransferProgress,
+        "fleetgate.camera.progress.v1 value",
+    ),
     "fleetgate.files.v1.json": (FileEvent, "fleetgate.files.v1 value"),
     "webhook.v1.json": (WebhookBody, "webhook body (POST)"),
+    "fleetgate.connector.deadletter.v1.json": (
+        DeadLetter,
+        "fleetgate.connector.deadletter.v1 value",
+    ),
+    "fleetgate.connector.replays.v1.json": (ReplayOutcome, "fleetgate.connector.replays.v1 value"),
 }
 
 

@@ -3,13 +3,38 @@
 Every topic name ends in its major version. A change that could break a consumer gets a new
 topic (``...v2``) published next to the old one for a deprecation period; additive changes
 (a new optional field, a new event type) stay on the same topic.
+
+Transfer progress
+-----------------
+Each ingestor publishes, on ``fleetgate.camera.progress.v1`` (key = transfer id), how far a
+camera transfer is durable in ``fleetgate.camera.chunks.v1``: every byte of the file in
+``[0, offset)`` is in chunk records Kafka acknowledged (``acks=all``), ``crc`` is the CRC-16 of
+those bytes, and ``origin`` is the Kafka offset, in partition ``partition`` of the chunk
+topic, of the transfer's first ``start`` record, from which all those bytes can be read
+again. A record is published after each chunk record is acknowledged, and one with
+``complete`` set after the ``end`` record is. ``offset`` stops at the start of the file's last
+DATA packet (a RESUME must point inside the file, and DualCam offsets stay multiples of
+1024). Every ingestor reads the whole topic at start and follows it, so a device that
+reconnects to any of them resumes from the last durable offset instead of from zero; a reader
+keeps, per transfer, the complete record, else the furthest one of the same ``origin``, else
+the newest. Records may repeat, come late or go missing: a resume from an older offset only
+makes the device resend bytes that consumers already drop as duplicates.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["CHUNK_HEADERS", "ChunkHeader", "RecordKind", "Topic"]
+__all__ = [
+    "CHUNK_HEADERS",
+    "DEFAULT_RETRY_SCHEDULE",
+    "TOPIC_CONFIGS",
+    "ChunkHeader",
+    "RecordKind",
+    "RetryHeader",
+    "Topic",
+    "retry_topic",
+]
 
 
 class Topic(StrEnum):
@@ -20,6 +45,15 @@ class Topic(StrEnum):
     CHUNKS = "fleetgate.camera.chunks.v1"
     #: Files stored or failed, JSON (:class:`contracts.files.FileEvent`), key = IMEI.
     FILES = "fleetgate.files.v1"
+    #: How far each camera transfer is durable, JSON (:class:`contracts.TransferProgress`),
+    #: key = transfer id; compacted (:data:`TOPIC_CONFIGS`). See "Transfer progress" above.
+    PROGRESS = "fleetgate.camera.progress.v1"
+    #: Webhooks the connector gave up on, JSON (:class:`contracts.models.DeadLetter`),
+    #: key = endpoint name.
+    DEADLETTER = "fleetgate.connector.deadletter.v1"
+    #: What ``fleetgate connector replay`` delivered or not, JSON
+    #: (:class:`contracts.models.ReplayOutcome`), key = endpoint name.
+    REPLAYS = "fleetgate.connector.replays.v1"
 
 
 class RecordKind(StrEnum):
@@ -49,3 +83,57 @@ class ChunkHeader(StrEnum):
 
 
 CHUNK_HEADERS = tuple(ChunkHeader)
+
+#: Topic configuration that is part of the contract (create the topics with it). The progress
+#: topic needs only each transfer's latest record: compacted, and deleted after 7 days (a
+#: transfer left longer than the chunk topic's retention cannot be resumed anyway).
+TOPIC_CONFIGS: dict[str, dict[str, str]] = {
+    Topic.PROGRESS: {"cleanup.policy": "compact,delete", "retention.ms": str(7 * 24 * 3600 * 1000)},
+}
+
+
+#: The connector's default retry schedule, in seconds after the failed attempt. The last step
+#: repeats until the maximum age. Each step has its own topic, see :func:`retry_topic`.
+DEFAULT_RETRY_SCHEDULE: tuple[float, ...] = (5, 30, 120, 600, 1800, 3600)
+
+
+def retry_topic(delay_seconds: float) -> str:
+    """The connector's retry topic of one schedule step, e.g. ``fleetgate.connector.retry.5s.v1``.
+
+    Every record in it waits the same delay, so due times grow with the offset. Value = the
+    original ``fleetgate.files.v1`` event, unchanged; key = ``{endpoint}/{imei}``; the retry
+    state is in the :class:`RetryHeader` headers. The name spells the delay in the largest
+    whole unit: ``200ms``, ``5s``, ``90s``, ``2m``, ``1h``, ``36h``.
+    """
+    millis = round(delay_seconds * 1000)
+    if millis <= 0 or abs(millis - delay_seconds * 1000) > 1e-6:
+        raise ValueError(f"a retry delay must be a positive whole number of ms: {delay_seconds}")
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if millis % size == 0:
+            return f"fleetgate.connector.retry.{millis // size}{unit}.v1"
+    return f"fleetgate.connector.retry.{millis}ms.v1"
+
+
+class RetryHeader(StrEnum):
+    """Kafka headers on the connector's retry records (values are ASCII, times in unix ms)."""
+
+    #: The endpoint the record waits for (its consumer group is the only one that acts on it).
+    ENDPOINT = "fg-endpoint"
+    #: POSTs made so far (0 when the endpoint's circuit was open at the first try).
+    ATTEMPTS = "fg-attempts"
+    #: When the connector first handled the event for this endpoint.
+    FIRST_ATTEMPT = "fg-first-attempt"
+    #: Not to be attempted before this time (the step's delay with jitter, or Retry-After).
+    DUE = "fg-due"
+    #: HTTP status of the last attempt; absent when there was no answer.
+    LAST_STATUS = "fg-last-status"
+    #: Why the last attempt failed (UTF-8, at most 500 bytes).
+    LAST_ERROR = "fg-last-error"
+    #: When the last attempt was made.
+    LAST_ATTEMPT = "fg-last-attempt"
+    #: ``topic/partition/offset`` of the event in ``fleetgate.files.v1``.
+    SOURCE = "fg-source"
+    #: Kafka timestamp of the event in ``fleetgate.files.v1``.
+    SOURCE_TIME = "fg-source-time"
+    #: Which connector process queued the record (for its backlog gauge).
+    QUEUED_BY = "fg-queued-by"

@@ -1,34 +1,50 @@
-"""The Kafka side: one consumer group per endpoint, commits only what the endpoint took.
+"""The Kafka side: one consumer group per endpoint, durable retries, dead letters.
 
-Every enabled endpoint gets an :class:`EndpointConsumer` with its own consumer group
-(``{connector_group_prefix}-{name}``), its own HTTP client and its own progress, so a slow or dead
-endpoint never holds another back.
+Every enabled endpoint gets an :class:`EndpointWorker` with its own consumer group
+(``{connector_group_prefix}-{name}``), HTTP client, circuit breaker and limits, so a slow or
+dead endpoint never holds another back. The group reads ``fleetgate.files.v1`` and every retry
+topic (one per step of the schedule, shared by all endpoints; each group acts only on its own
+endpoint's records and passes over the others').
 
-Inside one endpoint, each partition of ``fleetgate.files.v1`` (key = IMEI) is delivered in
-order, one event at a time, and the partitions proceed concurrently. A batch of records goes
-to a task of its partition, which is paused meanwhile: the main loop keeps polling (so the
-group membership stays alive however long an endpoint is down) without fetching more of that
-partition. Offsets are committed (manually) only up to the last event the endpoint answered
-2xx for: after each batch, every second while a partition is stuck retrying, when partitions
-are revoked and at shutdown. A crash can therefore re-send events, never lose one; receivers
-de-duplicate on ``webhook-id``.
+Inside one endpoint each partition is handled in order, one record at a time, and partitions
+proceed concurrently (a batch goes to a task of its partition, which is paused meanwhile while
+the main loop keeps polling, so group membership stays alive however long a wait lasts).
+
+- A new event (``fleetgate.files.v1``) gets one attempt at once. On a failure worth retrying it
+  is written to the first retry topic (or the one ``Retry-After`` asks for), on a 4xx to the
+  dead-letter topic; either write is acknowledged by the broker before the event's offset is
+  committed. A failing event therefore never blocks the events behind it.
+- A retry record waits in its partition until it is due (the partition is paused), is
+  attempted, and then is done, moves to the next step, or is dead-lettered once it would
+  exceed the maximum age; again committed only after that.
+- While the endpoint's circuit breaker is open, new events go straight to the first retry step
+  without a request, and retry records wait for the breaker (or their maximum age).
+
+Offsets are committed (manually) only up to the last record that is finished: after each batch,
+every second while a partition is busy, when partitions are revoked and at shutdown. A crash can
+repeat a delivery or a retry record, never lose one; receivers de-duplicate on ``webhook-id``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from contracts import (
+    DeadLetter,
     FileEvent,
     FileFailed,
     FileStored,
@@ -41,18 +57,29 @@ from contracts import (
 
 from . import metrics
 from .config import ConnectorConfig, Endpoint
-from .delivery import EndpointClient, RetryPolicy, deliver
+from .delivery import Attempt, EndpointClient, Verdict
 from .presign import Presigner
+from .protection import CircuitBreaker, Permit
+from .retry import DeadLetterNow, RetryState, Schedule, next_step, utc
 from .settings import ConnectorSettings
 
-__all__ = ["EndpointConsumer", "serve", "webhook_body"]
+__all__ = [
+    "INSTANCE",
+    "EndpointWorker",
+    "Publisher",
+    "ensure_topics",
+    "serve",
+    "webhook_body",
+]
 
 _log = structlog.get_logger("fleetgate.connector")
 
-#: While a partition is stuck retrying, what its earlier events delivered is committed this often.
+#: While a partition is busy, what it finished is committed this often.
 COMMIT_INTERVAL = 1.0
 #: How long the main loop waits for records before looking at ``stop`` again.
 POLL_MS = 200
+#: This process, in the ``fg-queued-by`` header of the retry records it writes.
+INSTANCE = uuid.uuid4().hex[:16]
 
 
 def webhook_body(
@@ -68,7 +95,7 @@ def webhook_body(
     return WebhookBody(type=event.type, timestamp=event.failed_at, data=event)
 
 
-def _why_not_an_event(value: bytes | None) -> str:
+def why_not_an_event(value: bytes | None) -> str:
     """A record that does not decode as a FileEvent: is it a newer event type, or garbage?"""
     if value is None:
         return "no value"
@@ -82,8 +109,110 @@ def _why_not_an_event(value: bytes | None) -> str:
     return "not a valid file event"
 
 
+async def _wait(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep ``seconds`` unless ``stop`` is set first; True if it slept the whole time."""
+    if seconds <= 0:
+        return not stop.is_set()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return not stop.is_set()
+
+
+class Publisher:
+    """The process's producer for retry records and dead letters.
+
+    ``acks=all``, and :meth:`send` returns only once the broker has the record (retrying a
+    failed write with backoff), so the offset of what caused the write can then be committed.
+    No idempotent producer (Tansu has none): a crash between write and commit can duplicate
+    a retry record or a dead letter, never lose one.
+    """
+
+    def __init__(self, settings: ConnectorSettings) -> None:
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            client_id="fleetgate-connector",
+            acks="all",
+            linger_ms=2,
+        )
+
+    async def start(self) -> None:
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        await self.producer.stop()
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        stop: asyncio.Event,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Any:
+        """The broker's RecordMetadata of the written record; None if stopped first."""
+        delay = 0.1
+        while not stop.is_set():
+            try:
+                return await self.producer.send_and_wait(topic, value, key=key, headers=headers)
+            except KafkaError as exc:
+                _log.warning("publish_failed", topic=topic, error=repr(exc), retry_in=delay)
+                await _wait(stop, delay)
+                delay = min(delay * 2, 5.0)
+        return None
+
+
+class _Backlog:
+    """The endpoint's events waiting in the retry topics, as far as this process knows.
+
+    A record counts from when this process writes it into a partition it consumes, or from
+    when it fetches it (written by another process, or before a restart), until it is
+    finished. What is in partitions assigned to other replicas counts there.
+    """
+
+    def __init__(self, endpoint: str) -> None:
+        self.gauge = metrics.backlog.labels(endpoint)
+        self.count = 0
+        #: Offsets this process wrote and counted, not yet fetched, per partition.
+        self._written: dict[TopicPartition, set[int]] = {}
+        #: Next offset to fetch per partition.
+        self._fetched: dict[TopicPartition, int] = {}
+        #: Counted records fetched and not finished, per partition.
+        self._open: dict[TopicPartition, int] = {}
+
+    def _add(self, n: int) -> None:
+        self.count += n
+        self.gauge.inc(n)
+
+    def written(self, tp: TopicPartition, offset: int, assigned: bool) -> None:
+        if assigned and offset >= self._fetched.get(tp, 0):
+            self._written.setdefault(tp, set()).add(offset)
+            self._add(1)
+
+    def fetched(self, tp: TopicPartition, offsets: Iterable[int], last: int) -> None:
+        written = self._written.get(tp, set())
+        for offset in offsets:
+            if offset in written:
+                written.discard(offset)
+            else:
+                self._add(1)
+            self._open[tp] = self._open.get(tp, 0) + 1
+        self._fetched[tp] = max(self._fetched.get(tp, 0), last + 1)
+
+    def done(self, tp: TopicPartition) -> None:
+        self._open[tp] -= 1
+        self._add(-1)
+
+    def forget(self, tps: Iterable[TopicPartition]) -> None:
+        for tp in tps:
+            self._add(-(len(self._written.pop(tp, ())) + self._open.pop(tp, 0)))
+            self._fetched.pop(tp, None)
+
+    def reset(self) -> None:
+        self.forget({*self._written, *self._open, *self._fetched})
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, owner: EndpointConsumer) -> None:
+    def __init__(self, owner: EndpointWorker) -> None:
         self.owner = owner
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -93,26 +222,38 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         _log.info(
             "partitions_assigned",
             endpoint=self.owner.name,
-            partitions=sorted(tp.partition for tp in assigned),
+            partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned),
         )
 
 
-class EndpointConsumer:
-    """Delivers ``fleetgate.files.v1`` to one endpoint until ``stop`` is set."""
+class EndpointWorker:
+    """Delivers ``fleetgate.files.v1`` and its retries to one endpoint until ``stop`` is set."""
 
     def __init__(
         self,
         endpoint: Endpoint,
         settings: ConnectorSettings,
+        config: ConnectorConfig,
         presigner: Presigner,
+        publisher: Publisher,
         client: EndpointClient | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.name = endpoint.name
         self.settings = settings
         self.presigner = presigner
+        self.publisher = publisher
+        metrics.init(endpoint.name)
         self.client = client or EndpointClient(endpoint)
-        self.policy = RetryPolicy(settings.retry_initial_seconds, settings.retry_max_seconds)
+        self.schedule = Schedule.of(config.retry)
+        self.tier_topics = config.retry.topics
+        self.tiers = {topic: i for i, topic in enumerate(self.tier_topics)}
+        self.breaker = CircuitBreaker(
+            endpoint.name,
+            endpoint.circuit_breaker.failures,
+            endpoint.circuit_breaker.open_seconds,
+        )
+        self.backlog = _Backlog(endpoint.name)
         self.group = f"{settings.connector_group_prefix}-{endpoint.name}"
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
@@ -127,15 +268,16 @@ class EndpointConsumer:
         self._stop = asyncio.Event()
         #: One task per partition with records in hand (the partition is paused meanwhile).
         self._tasks: dict[TopicPartition, asyncio.Task[None]] = {}
-        #: Next offset to commit per partition (the last delivered event's offset + 1).
-        self._delivered: dict[TopicPartition, int] = {}
+        #: Next offset to commit per partition (the last finished record's offset + 1).
+        self._finished: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
         self._commit_lock = asyncio.Lock()
-        metrics.init(endpoint.name)
+
+    # --- the consumer loop ---------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
-        self.consumer.subscribe([str(Topic.FILES)], listener=_Rebalance(self))
+        self.consumer.subscribe([str(Topic.FILES), *self.tier_topics], listener=_Rebalance(self))
         committer = asyncio.create_task(self._commit_periodically())
         try:
             await self.consumer.start()
@@ -146,6 +288,13 @@ class EndpointConsumer:
                 )
                 for tp, records in batch.items():
                     if records:
+                        if tp.topic in self.tiers:
+                            mine = [
+                                r.offset
+                                for r in records
+                                if RetryState.endpoint_of(r.headers) == self.name
+                            ]
+                            self.backlog.fetched(tp, mine, records[-1].offset)
                         self.consumer.pause(tp)
                         self._tasks[tp] = asyncio.create_task(self._drain(tp, records))
                 self._raise_failed_tasks()
@@ -160,11 +309,11 @@ class EndpointConsumer:
                     raise exc
 
     async def _drain(self, tp: TopicPartition, records: Iterable[Any]) -> None:
-        """Deliver ``records`` (one partition, in order), then commit and fetch more."""
+        """Handle ``records`` (one partition, in order), then commit and fetch more."""
         for record in records:
             if not await self._handle(record):
-                return  # stopping: commit nothing past what was delivered
-            self._delivered[tp] = record.offset + 1
+                return  # stopping: commit nothing past what was finished
+            self._finished[tp] = record.offset + 1
         await self._commit()
         if self._tasks.get(tp) is asyncio.current_task():
             del self._tasks[tp]
@@ -172,52 +321,227 @@ class EndpointConsumer:
             self.consumer.resume(tp)
 
     async def _handle(self, record: Any) -> bool:
-        """Deliver one record; False if stopped before the endpoint took it."""
+        """Finish one record; False if stopped first (then it is not committed)."""
+        tier = self.tiers.get(record.topic)
+        if tier is None:
+            return await self._first(record)
+        if RetryState.endpoint_of(record.headers) != self.name:
+            return True  # another endpoint's retry
+        tp = TopicPartition(record.topic, record.partition)
+        if await self._retry(record, tier):
+            self.backlog.done(tp)
+            return True
+        return False
+
+    # --- what happens to an event ----------------------------------------------------------
+
+    def _decode(self, record: Any) -> FileStored | FileFailed | None:
         try:
             event: FileStored | FileFailed = decode(FileEvent, record.value)
         except (ValidationError, ValueError):
             # Nothing to POST: a newer event type (additive contract change) or garbage.
-            self._skip(record, _why_not_an_event(record.value))
+            metrics.skipped.labels(self.name).inc()
+            _log.error(
+                "record_skipped",
+                endpoint=self.name,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                reason=why_not_an_event(record.value),
+            )
+            return None
+        return event
+
+    def _accepts(self, event: FileStored | FileFailed) -> bool:
+        if self.endpoint.accepts(event.type, event.imei, event.file.camera, event.file.media):
             return True
+        metrics.filtered.labels(self.name).inc()
+        return False
 
-        first: bytes | None = None
-
-        def body() -> bytes:  # a fresh download URL per attempt, however long retries last
-            nonlocal first
-            if first is not None:
-                text, first = first, None
-                return text
-            return encode(webhook_body(event, self.presigner))
-
-        try:
-            first = body()
-        except ValueError as exc:  # the event's own fault, e.g. a bucket name S3 refuses
-            self._skip(record, f"no webhook body: {exc}", event_id=event.event_id)
+    async def _first(self, record: Any) -> bool:
+        event = self._decode(record)
+        if event is None or not self._accepts(event):
             return True
-        return await deliver(
-            self.client,
-            event_id=event.event_id,
-            event_type=event.type,
-            imei=event.imei,
-            body=body,
-            policy=self.policy,
-            stop=self._stop,
-        )
-
-    def _skip(self, record: Any, reason: str, **fields: Any) -> None:
-        """Give up on a record that can never become a webhook (not on a failing endpoint).
-
-        The dead-letter work will park these instead.
-        """
-        metrics.skipped.labels(self.name).inc()
-        _log.error(
-            "record_skipped",
+        state = RetryState(
             endpoint=self.name,
-            partition=record.partition,
-            offset=record.offset,
-            reason=reason,
-            **fields,
+            attempts=0,
+            first_attempt=time.time(),
+            source=f"{record.topic}/{record.partition}/{record.offset}",
+            source_time=record.timestamp / 1000 if record.timestamp is not None else None,
         )
+        permit = self.breaker.acquire()
+        if permit is None:  # open: no request, straight to the first retry step
+            state = replace(state, last_error="not attempted: circuit breaker open")
+            return await self._later(event, record.value, state, None, None)
+        return await self._attempt(event, record.value, state, None, permit)
+
+    async def _retry(self, record: Any, tier: int) -> bool:
+        state = RetryState.from_headers(record.headers)
+        event = self._decode(record)
+        if state is None or event is None:
+            if state is None:
+                _log.error("retry_record_unreadable", endpoint=self.name, offset=record.offset)
+            return True
+        if not await _wait(self._stop, state.due - time.time()):
+            return False
+        if not self._accepts(event):  # the filter changed since it was queued
+            return True
+        expires = state.first_attempt + self.schedule.max_age
+        deadline = time.monotonic() + (expires - time.time())
+        permit = await self.breaker.wait(self._stop, deadline)
+        if permit is None:
+            if self._stop.is_set():
+                return False
+            return await self._dead_letter(event, state, "expired")
+        return await self._attempt(event, record.value, state, tier, permit)
+
+    async def _attempt(
+        self,
+        event: FileStored | FileFailed,
+        value: bytes,
+        state: RetryState,
+        tier: int | None,
+        permit: Permit,
+    ) -> bool:
+        try:
+            try:
+                body = encode(webhook_body(event, self.presigner))
+            except ValueError as exc:  # the event's own fault, e.g. a bucket name S3 refuses
+                self.breaker.release(permit)
+                return await self._dead_letter(event, state, "invalid", f"no webhook body: {exc}")
+            attempt = await self.client.post(body, event.event_id, event.imei)
+        except BaseException:
+            self.breaker.release(permit)
+            raise
+        self.breaker.record(permit, attempt.alive)
+        now = time.time()
+        self._observe(event, state, attempt, now, probe=permit.probe)
+        if attempt.verdict is Verdict.DELIVERED:
+            return True
+        if attempt.verdict is Verdict.REFUSED:
+            return await self._dead_letter(
+                event, replace(state, last_error=attempt.error), "refused"
+            )
+        state = state.failed(attempt.status, attempt.error, now)
+        if attempt.verdict is Verdict.REJECT:
+            return await self._dead_letter(event, state, "rejected")
+        return await self._later(event, value, state, tier, attempt.retry_after)
+
+    def _observe(
+        self,
+        event: FileStored | FileFailed,
+        state: RetryState,
+        attempt: Attempt,
+        now: float,
+        probe: bool,
+    ) -> None:
+        result = {
+            Verdict.DELIVERED: "success",
+            Verdict.RETRY: "failure",
+            Verdict.REJECT: "rejected",
+            Verdict.REFUSED: "refused",
+        }[attempt.verdict]
+        metrics.deliveries.labels(self.name, result).inc()
+        fields: dict[str, Any] = {
+            "endpoint": self.name,
+            "event_id": event.event_id,
+            "event_type": event.type,
+            "imei": event.imei,
+            "attempt": state.attempts + 1,
+            "status": attempt.status,
+            "duration_ms": round(attempt.seconds * 1000, 1),
+        }
+        if probe:
+            fields["probe"] = True
+        if attempt.verdict is Verdict.REFUSED:
+            _log.error("delivery_refused", **fields, error=attempt.error)
+            return
+        metrics.delivery_seconds.labels(self.name).observe(attempt.seconds)
+        if attempt.verdict is Verdict.DELIVERED:
+            metrics.last_success.labels(self.name).set(now)
+            if state.source_time is not None:
+                metrics.delivered_age_seconds.labels(self.name).observe(
+                    max(0.0, now - state.source_time)
+                )
+            _log.info("delivered", **fields)
+        else:
+            _log.warning("delivery_failed", **fields, error=attempt.error)
+
+    async def _later(
+        self,
+        event: FileStored | FileFailed,
+        value: bytes,
+        state: RetryState,
+        tier: int | None,
+        retry_after: float | None,
+    ) -> bool:
+        """Into the next retry topic, or the dead letters if that would be too late."""
+        now = time.time()
+        step = next_step(self.schedule, state, tier, now, retry_after)
+        if isinstance(step, DeadLetterNow):
+            return await self._dead_letter(event, state, step.reason)
+        topic = self.tier_topics[step.tier]
+        queued = replace(state, due=step.due, queued_by=INSTANCE)
+        meta = await self.publisher.send(
+            topic,
+            f"{self.name}/{event.imei}".encode(),
+            value,
+            self._stop,
+            headers=queued.headers(),
+        )
+        if meta is None:
+            return False
+        tp = TopicPartition(topic, meta.partition)
+        self.backlog.written(tp, meta.offset, tp in self.consumer.assignment())
+        metrics.retries.labels(self.name).inc()
+        _log.info(
+            "retry_scheduled",
+            endpoint=self.name,
+            event_id=event.event_id,
+            attempts=state.attempts,
+            topic=topic,
+            retry_in=round(step.due - now, 3),
+        )
+        return True
+
+    async def _dead_letter(
+        self,
+        event: FileStored | FileFailed,
+        state: RetryState,
+        reason: str,
+        error: str | None = None,
+    ) -> bool:
+        letter = DeadLetter(
+            endpoint=self.name,
+            event_id=event.event_id,
+            reason=reason,
+            attempts=state.attempts,
+            first_attempt_at=datetime.fromtimestamp(state.first_attempt, UTC),
+            last_attempt_at=utc(state.last_attempt),
+            last_status=state.last_status,
+            last_error=error or state.last_error,
+            dead_lettered_at=datetime.now(UTC),
+            source=state.source,
+            event=event,
+        )
+        meta = await self.publisher.send(
+            str(Topic.DEADLETTER), self.name.encode(), encode(letter), self._stop
+        )
+        if meta is None:
+            return False
+        metrics.dead_letters.labels(self.name).inc()
+        _log.error(
+            "dead_lettered",
+            endpoint=self.name,
+            event_id=event.event_id,
+            reason=reason,
+            attempts=letter.attempts,
+            last_status=letter.last_status,
+            last_error=letter.last_error,
+        )
+        return True
+
+    # --- offsets ---------------------------------------------------------------------------
 
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
         async with self._commit_lock:
@@ -227,7 +551,7 @@ class EndpointConsumer:
         assigned = self.consumer.assignment()
         offsets = {
             tp: offset
-            for tp, offset in self._delivered.items()
+            for tp, offset in self._finished.items()
             if tp in assigned
             and (only is None or tp in only)
             and self._committed.get(tp, -1) < offset
@@ -248,25 +572,26 @@ class EndpointConsumer:
             await self._commit()
 
     async def revoke(self, revoked: set[TopicPartition]) -> None:
-        """Partitions go to another replica: abandon their deliveries, commit what was done."""
+        """Partitions go to another replica: abandon their work, commit what was finished."""
         tasks = [task for tp in revoked if (task := self._tasks.pop(tp, None)) is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         # Not under the commit lock: a periodic commit may be waiting on this very rebalance.
         await self._commit_now(revoked)
+        self.backlog.forget(revoked)
         for tp in revoked:
-            self._delivered.pop(tp, None)
+            self._finished.pop(tp, None)
             self._committed.pop(tp, None)
         if revoked:
             _log.info(
                 "partitions_revoked",
                 endpoint=self.name,
-                partitions=sorted(tp.partition for tp in revoked),
+                partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in revoked),
             )
 
     async def _shutdown(self, committer: asyncio.Task[None]) -> None:
-        """Let in-flight POSTs finish for the grace period, commit what was delivered, leave."""
+        """Let in-flight POSTs finish for the grace period, commit what was finished, leave."""
         tasks = list(self._tasks.values())
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_seconds)
@@ -280,26 +605,55 @@ class EndpointConsumer:
         try:
             await self._commit()
         finally:
+            self.backlog.reset()
             await self.consumer.stop()
             await self.client.aclose()
             _log.info("endpoint_stopped", endpoint=self.name)
 
 
+async def ensure_topics(settings: ConnectorSettings, config: ConnectorConfig) -> None:
+    """Create the retry, dead-letter and replay topics that do not exist yet."""
+    wanted = [*config.retry.topics, str(Topic.DEADLETTER), str(Topic.REPLAYS)]
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(
+                name, settings.connector_topic_partitions, settings.connector_topic_replication
+            )
+            for name in wanted
+            if name not in existing
+        ]
+        if new:
+            await admin.create_topics(new)
+            _log.info("topics_created", topics=[t.name for t in new])
+    finally:
+        await admin.close()
+
+
 async def serve(settings: ConnectorSettings, config: ConnectorConfig, stop: asyncio.Event) -> None:
-    """Deliver to every enabled endpoint until ``stop`` is set; one failing consumer stops all."""
+    """Deliver to every enabled endpoint until ``stop`` is set; one failing worker stops all."""
     endpoints = config.enabled
     if not endpoints:
         _log.warning("no_enabled_endpoints")
         await stop.wait()
         return
+    if settings.connector_create_topics:
+        await ensure_topics(settings, config)
     presigner = Presigner(settings)
     if not (settings.s3_access_key and settings.s3_secret_key.get_secret_value()):
         _log.warning("no_s3_credentials", note="download URLs are unsigned: public buckets only")
-    consumers = [EndpointConsumer(e, settings, presigner) for e in endpoints]
-    tasks = [asyncio.create_task(c.run(stop), name=f"endpoint-{c.name}") for c in consumers]
-    await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    stop.set()
-    results = await asyncio.gather(*tasks, return_exceptions=True)
+    publisher = Publisher(settings)
+    await publisher.start()
+    try:
+        workers = [EndpointWorker(e, settings, config, presigner, publisher) for e in endpoints]
+        tasks = [asyncio.create_task(w.run(stop), name=f"endpoint-{w.name}") for w in workers]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        stop.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await publisher.stop()
     for result in results:
         if isinstance(result, BaseException):
             raise result

@@ -1,7 +1,9 @@
-"""POSTing webhooks to one endpoint: headers, auth, TLS, timeouts, and retrying until 2xx.
+"""POSTing webhooks to one endpoint: headers, signatures, auth, TLS, timeouts, limits, SSRF.
 
-What a response means is decided by :func:`classify` alone, so that the dead-letter work can
-turn "retry" into "reject" for permanent errors without touching the rest.
+What an answer means is decided by :func:`classify` alone: 2xx delivers; no answer, 5xx, 408,
+429 and 3xx are worth retrying; every other 4xx is a rejection (dead letter at once). An
+endpoint whose host resolves to a private address is refused before anything is sent, unless
+its config allows private networks.
 """
 
 from __future__ import annotations
@@ -9,35 +11,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import random
+import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
+import httpcore
 import httpx
-import structlog
 
-from . import metrics
-from .config import Endpoint
+from .config import Endpoint, disallowed_address
+from .protection import RateLimiter
+from .signing import secret_key, sign
 
 __all__ = [
     "Attempt",
+    "DestinationRefused",
     "EndpointClient",
-    "RetryPolicy",
     "Verdict",
     "classify",
-    "deliver",
+    "retry_after",
     "user_agent",
 ]
 
-_log = structlog.get_logger("fleetgate.connector")
-
 #: Placeholders in header values, replaced per event (as in Digital Matter's OEM Server).
 IMEI_PLACEHOLDER = "[IMEI]"
+#: How much of a failed answer's body goes into logs and dead letters.
+ERROR_BODY_BYTES = 200
+#: How much of a successful answer's body is read (so the connection can be reused).
+MAX_BODY_BYTES = 64 * 1024
 
 
 def user_agent() -> str:
@@ -49,18 +55,22 @@ def user_agent() -> str:
 
 class Verdict(enum.Enum):
     DELIVERED = "delivered"
+    #: Worth trying again later: no answer, 5xx, 408, 429, 3xx.
     RETRY = "retry"
-    # REJECT (permanent failure -> dead letter) arrives with the dead-letter topic.
+    #: A 4xx other than 408 and 429: the endpoint will never take it as it is.
+    REJECT = "reject"
+    #: Not sent: the destination is an address this endpoint may not reach.
+    REFUSED = "refused"
 
 
 def classify(status: int | None) -> Verdict:
-    """What an answer means; ``None`` is no answer (timeout, connection or TLS error).
-
-    Only 2xx delivers. Everything else is retried for now, 4xx included: once failed events
-    have a dead-letter topic, 4xx other than 408 and 429 become permanent rejections here.
-    """
-    if status is not None and 200 <= status < 300:
+    """What an answer means; ``None`` is no answer (timeout, connection or TLS error)."""
+    if status is None:
+        return Verdict.RETRY
+    if 200 <= status < 300:
         return Verdict.DELIVERED
+    if 400 <= status < 500 and status not in (408, 429):
+        return Verdict.REJECT
     return Verdict.RETRY
 
 
@@ -72,8 +82,15 @@ class Attempt:
     error: str | None = None
     retry_after: float | None = None
 
+    @property
+    def alive(self) -> bool | None:
+        """For the circuit breaker: did the endpoint show it works (None: nothing learnt)?"""
+        if self.verdict is Verdict.REFUSED:
+            return None
+        return self.verdict is not Verdict.RETRY or self.status == 429
 
-def _retry_after(value: str | None, now: datetime | None = None) -> float | None:
+
+def retry_after(value: str | None, now: datetime | None = None) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
     if not value:
         return None
@@ -89,16 +106,91 @@ def _retry_after(value: str | None, now: datetime | None = None) -> float | None
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
-def _tls(endpoint: Endpoint) -> ssl.SSLContext | bool:
-    if not endpoint.tls.verify:
-        return False
-    if endpoint.tls.ca_file is not None:
-        return ssl.create_default_context(cafile=str(endpoint.tls.ca_file))
-    return True
+class DestinationRefused(Exception):
+    """The endpoint's host resolves to an address it may not reach (SSRF protection)."""
+
+
+class _GuardedBackend(httpcore.AsyncNetworkBackend):
+    """Resolves the host itself, refuses private addresses, then connects to the checked
+    address (so a second DNS answer cannot sneak a private one in). TLS still verifies and
+    sends SNI for the host name: httpcore does that above this layer."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+        self._inner = inner
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_STREAM
+            )
+        except OSError as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+        addresses = list(dict.fromkeys(str(info[4][0]).split("%")[0] for info in infos))
+        for address in addresses:
+            why = disallowed_address(address)
+            if why is not None:
+                raise DestinationRefused(
+                    f"{host} resolves to {why}; set 'allow_private_network: true' to allow it"
+                )
+        error: Exception = httpcore.ConnectError(f"no address for {host}")
+        for address in addresses:
+            try:
+                return await self._inner.connect_tcp(
+                    address, port, timeout, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                error = exc
+        raise error
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise DestinationRefused("unix sockets are not webhook destinations")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def _tls(endpoint: Endpoint) -> ssl.SSLContext:
+    tls = endpoint.tls
+    if tls.ca_file is not None:
+        context = ssl.create_default_context(cafile=str(tls.ca_file))
+    else:
+        context = httpx.create_ssl_context(verify=tls.verify)
+    if tls.cert_file is not None:
+        password = tls.key_password.get_secret_value() if tls.key_password else None
+        context.load_cert_chain(str(tls.cert_file), tls.key_file and str(tls.key_file), password)
+    return context
+
+
+def _transport(endpoint: Endpoint) -> httpx.AsyncHTTPTransport:
+    transport = httpx.AsyncHTTPTransport(
+        verify=_tls(endpoint),
+        limits=httpx.Limits(
+            max_connections=endpoint.max_concurrency,
+            max_keepalive_connections=endpoint.max_concurrency,
+        ),
+    )
+    if not endpoint.allow_private_network:
+        # httpx has no public hook below name resolution; its pool is httpcore's, whose
+        # network backend is a documented httpcore extension point.
+        pool: httpcore.AsyncConnectionPool = transport._pool
+        pool._network_backend = _GuardedBackend(pool._network_backend)
+    return transport
 
 
 class EndpointClient:
-    """One endpoint's HTTP client (connection pool, TLS, auth) and its POST."""
+    """One endpoint's HTTP client (connection pool, TLS, auth, limits) and its POST."""
 
     def __init__(self, endpoint: Endpoint, transport: httpx.AsyncBaseTransport | None = None):
         self.endpoint = endpoint
@@ -114,122 +206,97 @@ class EndpointClient:
         for name, value in endpoint.headers.items():
             if name not in self._templates:
                 headers[name] = value
+        self._keys = [secret_key(s.get_secret_value()) for s in endpoint.secrets]
         self._client = httpx.AsyncClient(
             auth=auth,
             headers=headers,
-            verify=_tls(endpoint),
             timeout=httpx.Timeout(endpoint.timeout_seconds),
             follow_redirects=False,  # a 3xx is a failure, as in Standard Webhooks
-            transport=transport,
+            transport=transport or _transport(endpoint),  # explicit: no proxy from the env
+        )
+        self._slots = asyncio.Semaphore(endpoint.max_concurrency)
+        self._limiter = (
+            RateLimiter(endpoint.rate_limit_per_second)
+            if endpoint.rate_limit_per_second is not None
+            else None
         )
 
-    def headers(self, event_id: str, imei: str) -> dict[str, str]:
-        """Per-event headers (the client adds the static ones)."""
-        headers = {"Content-Type": "application/json", "webhook-id": event_id}
+    def headers(
+        self, event_id: str, imei: str, body: bytes = b"", timestamp: int | None = None
+    ) -> dict[str, str]:
+        """Per-attempt headers (the client adds the static ones)."""
+        stamp = int(time.time()) if timestamp is None else timestamp
+        headers = {
+            "Content-Type": "application/json",
+            "webhook-id": event_id,
+            "webhook-timestamp": str(stamp),
+        }
+        if self._keys:
+            headers["webhook-signature"] = sign(self._keys, event_id, stamp, body)
         for name, template in self._templates.items():
             headers[name] = template.replace(IMEI_PLACEHOLDER, imei)
         return headers
 
     async def post(self, body: bytes, event_id: str, imei: str) -> Attempt:
-        """One POST; never raises (except on cancellation)."""
+        """One POST, within the endpoint's concurrency and rate limits; never raises (except
+        on cancellation). ``seconds`` is the request alone, not the wait for a slot."""
+        async with self._slots:
+            if self._limiter is not None:
+                await self._limiter.acquire()
+            return await self._post(body, event_id, imei)
+
+    async def _post(self, body: bytes, event_id: str, imei: str) -> Attempt:
+        timeout = self.endpoint.timeout_seconds
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self.endpoint.timeout_seconds):
-                response = await self._client.post(
-                    self.endpoint.url, content=body, headers=self.headers(event_id, imei)
+            async with asyncio.timeout_at(deadline):
+                headers = self.headers(event_id, imei, body)
+                request = self._client.build_request(
+                    "POST", self.endpoint.url, content=body, headers=headers
                 )
+                response = await self._client.send(request, stream=True)
+        except DestinationRefused as exc:
+            return Attempt(Verdict.REFUSED, None, time.perf_counter() - started, str(exc))
         except TimeoutError:
-            error = f"no answer within {self.endpoint.timeout_seconds:g} s"
+            error = f"no answer within {timeout:g} s"
             return Attempt(Verdict.RETRY, None, time.perf_counter() - started, error)
         except httpx.TimeoutException as exc:
-            error = f"{type(exc).__name__}: no answer within {self.endpoint.timeout_seconds:g} s"
+            error = f"{type(exc).__name__}: no answer within {timeout:g} s"
             return Attempt(Verdict.RETRY, None, time.perf_counter() - started, error)
         except Exception as exc:  # connection refused, TLS, protocol errors, ...
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             return Attempt(Verdict.RETRY, None, time.perf_counter() - started, error)
+        # The status is the answer. The body is read (within what is left of the timeout)
+        # only to reuse the connection, or to quote it in the error of a failure.
+        status = response.status_code
+        limit = MAX_BODY_BYTES if 200 <= status < 300 else ERROR_BODY_BYTES
+        text = b""
+        try:
+            if response.is_stream_consumed:  # an answer that was read already (mock transports)
+                text = response.content[:limit]
+            else:
+                with contextlib.suppress(Exception):  # a body cut short changes nothing
+                    async with asyncio.timeout_at(deadline):
+                        async for chunk in response.aiter_raw():
+                            text += chunk
+                            if len(text) >= limit:
+                                break
+        finally:
+            await response.aclose()
         seconds = time.perf_counter() - started
-        verdict = classify(response.status_code)
+        verdict = classify(status)
         if verdict is Verdict.DELIVERED:
-            return Attempt(verdict, response.status_code, seconds)
-        text = response.text[:200].strip()
+            return Attempt(verdict, status, seconds)
+        snippet = text[:ERROR_BODY_BYTES].decode("utf-8", "replace").strip()
         return Attempt(
             verdict,
-            response.status_code,
+            status,
             seconds,
-            f"HTTP {response.status_code}" + (f": {text}" if text else ""),
-            _retry_after(response.headers.get("retry-after")),
+            f"HTTP {status}" + (f": {snippet}" if snippet else ""),
+            retry_after(response.headers.get("retry-after")),
         )
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Exponential backoff with jitter: ``initial`` doubling up to ``maximum`` seconds."""
-
-    initial: float = 1.0
-    maximum: float = 60.0
-
-    def delay(
-        self,
-        failures: int,
-        retry_after: float | None = None,
-        rand: Callable[[], float] = random.random,
-    ) -> float:
-        """Seconds to wait after the ``failures``-th failure in a row (1, 2, ...).
-
-        "Equal jitter": a uniform draw from the upper half of the exponential step, so
-        replicas retrying the same endpoint spread out but never retry sooner than half the
-        step. A ``Retry-After`` asks for more, never for more than ``maximum``.
-        """
-        step = min(self.maximum, self.initial * 2.0 ** min(failures - 1, 64))
-        delay = step / 2 + rand() * step / 2
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self.maximum))
-        return delay
-
-
-async def deliver(
-    client: EndpointClient,
-    *,
-    event_id: str,
-    event_type: str,
-    imei: str,
-    body: Callable[[], bytes],
-    policy: RetryPolicy,
-    stop: asyncio.Event,
-) -> bool:
-    """POST ``body()`` (rebuilt per attempt) until the endpoint answers 2xx.
-
-    Returns True once delivered, False if ``stop`` was set first. It never gives up on its
-    own: the event stays the endpoint's next one until it is delivered.
-    """
-    name = client.name
-    failures = 0
-    while not stop.is_set():
-        if failures:
-            metrics.retries.labels(name).inc()
-        attempt = await client.post(body(), event_id, imei)
-        metrics.delivery_seconds.labels(name).observe(attempt.seconds)
-        fields = {
-            "endpoint": name,
-            "event_id": event_id,
-            "event_type": event_type,
-            "imei": imei,
-            "attempt": failures + 1,
-            "status": attempt.status,
-            "duration_ms": round(attempt.seconds * 1000, 1),
-        }
-        if attempt.verdict is Verdict.DELIVERED:
-            metrics.deliveries.labels(name, "success").inc()
-            metrics.last_success.labels(name).set(time.time())
-            _log.info("delivered", **fields)
-            return True
-        failures += 1
-        metrics.deliveries.labels(name, "failure").inc()
-        delay = policy.delay(failures, attempt.retry_after)
-        _log.warning("delivery_failed", **fields, error=attempt.error, retry_in=round(delay, 2))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
-    return False

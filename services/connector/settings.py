@@ -44,10 +44,15 @@ class ConnectorSettings(CommonSettings):
     max_batch: int = Field(
         500, ge=1, description="events fetched at once per endpoint (spread over partitions)"
     )
-    retry_initial_seconds: float = Field(
-        1.0, gt=0, description="first retry delay; it doubles (with jitter) per failure"
+    connector_create_topics: bool = Field(
+        True, description="create missing retry, dead-letter and replay topics at start"
     )
-    retry_max_seconds: float = Field(60.0, gt=0, description="longest retry delay")
+    connector_topic_partitions: int = Field(
+        4, ge=1, description="partitions of the topics the connector creates"
+    )
+    connector_topic_replication: int = Field(
+        1, ge=1, description="replication factor of the topics the connector creates"
+    )
     shutdown_grace_seconds: float = Field(
         5.0, ge=0, description="on SIGTERM, how long an in-flight POST may still finish"
     )

@@ -13,14 +13,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from contracts import Topic
+from contracts import DEFAULT_RETRY_SCHEDULE, TOPIC_CONFIGS, Topic, retry_topic
 
 REPO = Path(__file__).resolve().parents[2]
 S3RVER = REPO / "deploy" / "local" / "node_modules" / ".bin" / "s3rver"
@@ -29,8 +29,11 @@ S3RVER_KEY = "S3RVER"
 
 __all__ = [
     "S3RVER_KEY",
+    "BrokerStorage",
+    "PortInUse",
     "Process",
     "create_topics",
+    "ensure_free",
     "free_port",
     "start_moto",
     "start_s3rver",
@@ -45,6 +48,21 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+class PortInUse(RuntimeError):
+    """A fixed port is taken: say so instead of talking to whatever holds it."""
+
+
+def ensure_free(port: int, what: str) -> None:
+    """Tansu panics on a taken port but exits 0, and a readiness check would then succeed
+    against the other process; so check first."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not in use
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise PortInUse(f"port {port} for {what} is in use (set another port)") from None
 
 
 def tansu_binary() -> Path:
@@ -116,12 +134,43 @@ class Process:
             self.popen.wait()
 
 
-def start_tansu(port: int | None = None, log: Path | None = None) -> Process:
-    """A Tansu broker with in-memory storage (topics are gone after a restart)."""
+@dataclass(frozen=True)
+class BrokerStorage:
+    """Where Tansu keeps topics: in memory (default) or in an S3 bucket (survives restarts)."""
+
+    s3_endpoint: str | None = None  # host:port of an S3 server; None: memory
+    bucket: str = "tansu"
+    access_key: str = S3RVER_KEY
+    secret_key: str = S3RVER_KEY
+
+    def args(self) -> list[str]:
+        url = f"s3://{self.bucket}/" if self.s3_endpoint else "memory://tansu/"
+        return ["--storage-engine", url]
+
+    def env(self) -> dict[str, str]:
+        if not self.s3_endpoint:
+            return {}
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT": f"http://{self.s3_endpoint}",
+            "AWS_ALLOW_HTTP": "true",
+        }
+
+
+def start_tansu(
+    port: int | None = None, log: Path | None = None, storage: BrokerStorage | None = None
+) -> Process:
+    """A Tansu broker; with ``storage.s3_endpoint`` (its bucket must exist) topics, records
+    and committed offsets survive a restart, otherwise they are gone."""
+    if port:
+        ensure_free(port, "the Kafka broker (FLEETGATE_KAFKA_PORT)")
     port = port or free_port()
+    storage = storage or BrokerStorage()
     url = f"tcp://127.0.0.1:{port}"
     args = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url]
-    process = Process("tansu", args, port, log).start()
+    process = Process("tansu", [*args, *storage.args()], port, log, env=storage.env()).start()
     process.wait_port()
     return process
 
@@ -132,6 +181,8 @@ def start_s3rver(directory: Path, port: int | None = None, log: Path | None = No
         raise FileNotFoundError(f"{S3RVER} missing: run `make .venv` (it runs npm ci)")
     if shutil.which("node") is None:
         raise FileNotFoundError("s3rver needs Node.js (`node`) on PATH")
+    if port:
+        ensure_free(port, "the S3 server (FLEETGATE_S3_PORT)")
     port = port or free_port()
     directory.mkdir(parents=True, exist_ok=True)
     args = [str(S3RVER), "-a", "127.0.0.1", "-p", str(port), "-d", str(directory), "--silent"]
@@ -166,12 +217,21 @@ async def wait_kafka(bootstrap: str, within: float = 20.0) -> None:
             await admin.close()
 
 
-#: Partitions per topic in the embedded default; production sizes its own.
-DEFAULT_PARTITIONS = {Topic.SESSIONS: 4, Topic.CHUNKS: 8, Topic.FILES: 4}
+#: Partitions per topic in the embedded default; production sizes its own. The connector's
+#: retry topics (one per step of the default schedule), dead letters and replay outcomes too.
+DEFAULT_PARTITIONS: dict[str, int] = {
+    Topic.SESSIONS: 4,
+    Topic.CHUNKS: 8,
+    Topic.FILES: 4,
+    Topic.PROGRESS: 8,
+    **{retry_topic(delay): 4 for delay in DEFAULT_RETRY_SCHEDULE},
+    Topic.DEADLETTER: 4,
+    Topic.REPLAYS: 4,
+}
 
 
 async def create_topics(
-    bootstrap: str, partitions: dict[Topic, int] | None = None, extra: Sequence[str] = ()
+    bootstrap: str, partitions: Mapping[str, int] | None = None, extra: Sequence[str] = ()
 ) -> None:
     """Create fleetgate's topics (those that exist already are left alone)."""
     wanted = partitions or DEFAULT_PARTITIONS
@@ -180,7 +240,7 @@ async def create_topics(
     try:
         existing = set(await admin.list_topics())
         new = [
-            NewTopic(str(topic), count, 1)
+            NewTopic(str(topic), count, 1, topic_configs=dict(TOPIC_CONFIGS.get(topic, {})))
             for topic, count in wanted.items()
             if topic not in existing
         ]

@@ -15,6 +15,7 @@ import signal
 import sys
 import textwrap
 from pathlib import Path
+from typing import Literal
 
 from minio import Minio
 from pydantic import Field
@@ -23,6 +24,8 @@ from runtime import CommonSettings, configure_logging
 
 from .infra import (
     S3RVER_KEY,
+    BrokerStorage,
+    PortInUse,
     Process,
     create_topics,
     free_port,
@@ -37,6 +40,11 @@ class DevstackSettings(CommonSettings):
     camera_port: int = Field(5232, description="device TCP port of the ingestor")
     kafka_port: int = Field(9092, description="port of the embedded broker (if started)")
     s3_port: int = Field(9000, description="port of the embedded S3 server (if started)")
+    broker_storage: Literal["memory", "s3"] = Field(
+        "memory",
+        description="embedded broker keeps topics in memory (fast, gone on restart) or in the "
+        "S3 server's bucket 'tansu' (kept across restarts, about 5 MB/s)",
+    )
     s3_endpoint: str | None = Field(None, description="external S3 (host:port); none: embedded")
     s3_access_key: str = Field(S3RVER_KEY, description="S3 access key")
     s3_secret_key: str = Field(S3RVER_KEY, description="S3 secret key")
@@ -70,16 +78,6 @@ class Stack:
         data = s.data_dir.resolve()
         logs = data / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        external_kafka = "FLEETGATE_KAFKA_BOOTSTRAP" in os.environ
-        if external_kafka:
-            bootstrap = s.kafka_bootstrap
-        else:
-            broker = start_tansu(s.kafka_port, log=logs / "tansu.log")
-            self.children.append(broker)
-            bootstrap = f"127.0.0.1:{broker.port}"
-        await wait_kafka(bootstrap)
-        await create_topics(bootstrap)
-
         if s.s3_endpoint:
             endpoint = s.s3_endpoint
         else:
@@ -93,8 +91,25 @@ class Stack:
             secure=endpoint.startswith("https://"),
             region="us-east-1",
         )
-        if not client.bucket_exists(s.s3_bucket):
-            client.make_bucket(s.s3_bucket)
+        buckets = [s.s3_bucket] + (["tansu"] if s.broker_storage == "s3" else [])
+        for bucket in buckets:
+            if not client.bucket_exists(bucket):
+                client.make_bucket(bucket)
+
+        external_kafka = "FLEETGATE_KAFKA_BOOTSTRAP" in os.environ
+        if external_kafka:
+            bootstrap = s.kafka_bootstrap
+        else:
+            storage = BrokerStorage(
+                s3_endpoint=endpoint.removeprefix("http://") if s.broker_storage == "s3" else None,
+                access_key=s.s3_access_key,
+                secret_key=s.s3_secret_key,
+            )
+            broker = start_tansu(s.kafka_port, log=logs / "tansu.log", storage=storage)
+            self.children.append(broker)  # stopped before the S3 server it may write to
+            bootstrap = f"127.0.0.1:{broker.port}"
+        await wait_kafka(bootstrap)
+        await create_topics(bootstrap)
 
         config = s.connector_config
         sink_out = data / "webhooks.jsonl"
@@ -105,6 +120,7 @@ class Stack:
                 "endpoints:\n"
                 "  - name: local-sink\n"
                 f"    url: http://127.0.0.1:{s.sink_port}/webhooks\n"
+                "    allow_private_network: true  # the sink is on this machine\n"
             )
             self._spawn(
                 "webhook-sink",
@@ -138,7 +154,13 @@ class Stack:
         self.children[-3].wait_port()  # the ingestor's camera port is open: devices can come
         return {
             "device port": f"{s.camera_port} (TCP, Teltonika camera protocol)",
-            "Kafka": bootstrap + ("" if external_kafka else " (embedded Tansu, in memory)"),
+            "Kafka": bootstrap
+            + (
+                ""
+                if external_kafka
+                else " (embedded Tansu, "
+                + ("topics kept in s3://tansu)" if s.broker_storage == "s3" else "in memory)")
+            ),
             "files": f"s3://{s.s3_bucket} at http://{endpoint}"
             + ("" if s.s3_endpoint else f" (on disk: {data / 's3' / s.s3_bucket})"),
             "webhooks": str(config)
@@ -189,7 +211,11 @@ async def run_stack(settings: DevstackSettings) -> int:
 
 def main(settings: DevstackSettings) -> int:
     configure_logging(settings.log_level, settings.log_json)
-    return asyncio.run(run_stack(settings))
+    try:
+        return asyncio.run(run_stack(settings))
+    except (PortInUse, FileNotFoundError) as exc:
+        print(f"fleetgate devstack: {exc}", file=sys.stderr)
+        return 2
 
 
 __all__ = ["DevstackSettings", "Stack", "free_port", "main", "run_stack"]

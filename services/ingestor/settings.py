@@ -35,4 +35,37 @@ class IngestorSettings(CommonSettings):
         30000, description="producer request timeout: how long a batch may wait for the broker"
     )
     ack_timeout: float = Field(30.0, description="seconds to wait for Kafka to acknowledge")
-    drain_timeout: float = Field(20.0, description="seconds SIGTERM lets sessions finish")
+    drain_timeout: float = Field(
+        20.0, description="seconds SIGTERM lets transfers in flight finish their file"
+    )
+    close_timeout: float = Field(
+        5.0,
+        description="seconds after drain_timeout for cut transfers to reach a durable point "
+        "and close (then sessions are cancelled)",
+    )
+    progress_catchup_idle: float = Field(
+        0.3,
+        description="at start, the progress topic is read until a poll returns nothing for "
+        "this many seconds",
+    )
+    progress_catchup_timeout: float = Field(
+        30.0, description="longest wait at start for the progress topic before accepting anyway"
+    )
+    progress_max_age: float = Field(
+        6 * 24 * 3600.0,
+        description="seconds a transfer's progress is kept for a resume (keep it below the "
+        "chunk topic's retention)",
+    )
+    imei_allow_list: str = Field(
+        "",
+        description="file of IMEIs allowed to upload, one a line, '#' comments; "
+        "with imei_allow unset too, every IMEI may",
+    )
+    imei_allow: str = Field(
+        "", description="IMEIs allowed to upload, comma-separated (added to imei_allow_list)"
+    )
+    max_connections_per_peer: int = Field(
+        0,
+        description="open connections per peer IP address; 0: no limit "
+        "(devices behind carrier NAT share addresses)",
+    )

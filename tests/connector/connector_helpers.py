@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import ssl
 import threading
 import time
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -20,8 +22,10 @@ from prometheus_client import REGISTRY
 
 from connector.config import ConnectorConfig, parse_config
 from connector.consumer import serve
+from connector.replay import scan
 from connector.settings import ConnectorSettings
-from contracts import FileFailed, FileInfo, FileStored, Topic, encode
+from contracts import DeadLetter, FileFailed, FileInfo, FileStored, Topic, encode
+from contracts.models import Camera, Media
 from tests.conftest import S3
 
 #: No test waits longer than this for a condition.
@@ -36,6 +40,7 @@ class Received:
     headers: dict[str, str]  # lower-case names
     body: bytes
     status: int
+    at: float = 0.0  # time.time() when the request arrived
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -49,39 +54,72 @@ class Received:
         return 200 <= self.status < 300
 
 
+#: What ``respond`` returns: a status, or a status and extra response headers.
+Answer = int | tuple[int, dict[str, str]]
+
+
 class Receiver:
     """A threaded HTTP(S) server on 127.0.0.1 whose answers the test decides.
 
-    ``respond(headers, body)`` returns the status; the default answers 200 to everything.
+    ``respond(headers, body)`` returns the status (or status and headers); the default answers
+    200 to everything. It may block (a hanging endpoint). ``port`` 0 picks a free one.
     """
 
     def __init__(
         self,
-        respond: Callable[[dict[str, str], bytes], int] | None = None,
+        respond: Callable[[dict[str, str], bytes], Answer] | None = None,
         tls: ssl.SSLContext | None = None,
+        port: int = 0,
     ) -> None:
         self.respond = respond or (lambda headers, body: 200)
         self.requests: list[Received] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def setup(self) -> None:
+                super().setup()
+                with receiver._lock:
+                    receiver._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with receiver._lock:
+                    receiver._connections.discard(self.connection)
+                super().finish()
+
             def do_POST(self) -> None:
+                at = time.time()
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                status = receiver.respond(headers, body)
                 with receiver._lock:
-                    receiver.requests.append(Received(self.path, headers, body, status))
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                    receiver.in_flight += 1
+                    receiver.max_in_flight = max(receiver.max_in_flight, receiver.in_flight)
+                try:
+                    answer = receiver.respond(headers, body)
+                finally:
+                    with receiver._lock:
+                        receiver.in_flight -= 1
+                status, extra = answer if isinstance(answer, tuple) else (answer, {})
+                with receiver._lock:
+                    receiver.requests.append(Received(self.path, headers, body, status, at))
+                try:
+                    self.send_response(status)
+                    for name, value in extra.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                except OSError:
+                    pass  # the client gave up (timeout)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         if tls is not None:
             self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
@@ -90,12 +128,18 @@ class Receiver:
         self._thread.start()
 
     @property
+    def port(self) -> int:
+        port: int = self.server.server_address[1]
+        return port
+
+    @property
     def url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.server.server_address[1]}/hook"
+        return f"{self.scheme}://127.0.0.1:{self.port}/hook"
 
     def snapshot(self) -> list[Received]:
+        """Every request so far, in the order they arrived."""
         with self._lock:
-            return list(self.requests)
+            return sorted(self.requests, key=lambda r: r.at)
 
     def delivered(self) -> list[Received]:
         return [r for r in self.snapshot() if r.ok]
@@ -103,9 +147,18 @@ class Receiver:
     def delivered_ids(self) -> list[str]:
         return [r.event_id for r in self.delivered()]
 
+    def attempts(self, event_id: str) -> list[Received]:
+        return [r for r in self.snapshot() if r.event_id == event_id]
+
     def close(self) -> None:
+        """Down: no new connections, and the kept-alive ones are cut too."""
         self.server.shutdown()
         self.server.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
 
 @contextlib.contextmanager
@@ -148,12 +201,24 @@ _FILE = FileInfo(identifier="%photof", slot="photo_front", camera="dualcam", med
 _T0 = datetime(2026, 11, 20, 12, 0, 0, tzinfo=UTC)
 
 
-def stored(n: int, imei: str = "356307042441013", *, bucket: str = "fleetgate") -> FileStored:
+def stored(
+    n: int,
+    imei: str = "356307042441013",
+    *,
+    bucket: str = "fleetgate",
+    camera: Camera = "dualcam",
+    media: Media = "photo",
+) -> FileStored:
+    file = (
+        _FILE
+        if (camera, media) == ("dualcam", "photo")
+        else FileInfo(identifier=f"{camera}/{media}/{n}", camera=camera, media=media)
+    )
     return FileStored(
         event_id=f"stored-{n}",
         transfer_id=f"t{n:031d}",
         imei=imei,
-        file=_FILE,
+        file=file,
         started_at=_T0,
         size=11,
         sha256="0" * 64,
@@ -189,25 +254,43 @@ async def produce(bootstrap: str, events: Iterable[FileStored | FileFailed]) -> 
         await producer.stop()
 
 
+def accounted(
+    events: Iterable[FileStored | FileFailed], receiver: Receiver, letters: list[DeadLetter]
+) -> None:
+    """Each event was delivered at least once or dead-lettered with a reason: none lost."""
+    delivered = set(receiver.delivered_ids())
+    parked = {d.event_id for d in letters if d.reason and (d.last_error or d.last_status)}
+    lost = [e.event_id for e in events if e.event_id not in delivered | parked]
+    assert not lost, f"lost: {lost}"
+
+
 def settings_for(kafka: str, s3: S3, **overrides: Any) -> ConnectorSettings:
-    """Fast settings: short retries, and a short session timeout because Tansu makes a group's
-    first join wait for a part of it (3000 ms: 2 s)."""
+    """Fast settings: a short session timeout because Tansu makes a group's first join wait
+    for a part of it (3000 ms: 2 s; 2000 ms: 1 s)."""
     values: dict[str, Any] = {
         "kafka_bootstrap": kafka,
         "s3_endpoint": s3.endpoint,
         "s3_access_key": s3.access_key,
         "s3_secret_key": s3.secret_key,
-        "kafka_session_timeout_ms": 3000,
-        "kafka_heartbeat_interval_ms": 1000,
-        "retry_initial_seconds": 0.05,
-        "retry_max_seconds": 0.2,
+        "kafka_session_timeout_ms": 2000,
+        "kafka_heartbeat_interval_ms": 500,
         "shutdown_grace_seconds": 1.0,
     }
     return ConnectorSettings(**(values | overrides))
 
 
-def config_of(*endpoints: dict[str, Any]) -> ConnectorConfig:
-    return parse_config(yaml.safe_dump({"endpoints": list(endpoints)}))
+#: A retry schedule for tests: the same machinery as the default (5 s ... 1 h), much faster.
+FAST_RETRY: dict[str, Any] = {"schedule": ["200ms", "500ms", "1s"], "max_age": "3s", "jitter": 0.1}
+
+
+def config_of(
+    *endpoints: dict[str, Any], retry: dict[str, Any] | None = None, base: Path | None = None
+) -> ConnectorConfig:
+    """A config of ``endpoints`` (allowed on 127.0.0.1 unless they say otherwise); relative
+    file names start at ``base``."""
+    listed = [{"allow_private_network": True} | endpoint for endpoint in endpoints]
+    text = yaml.safe_dump({"retry": FAST_RETRY if retry is None else retry, "endpoints": listed})
+    return parse_config(text, base=base)
 
 
 @contextlib.asynccontextmanager
@@ -222,3 +305,27 @@ async def running(settings: ConnectorSettings, config: ConnectorConfig) -> Async
     finally:
         stop.set()
         await asyncio.wait_for(task, DEADLINE)
+
+
+async def dead_letters(kafka: str, endpoint: str | None = None) -> list[DeadLetter]:
+    """Every dead letter in the topic (of ``endpoint`` if given)."""
+    settings = ConnectorSettings(kafka_bootstrap=kafka)
+    letters = [
+        DeadLetter.model_validate_json(record.value)
+        async for record in scan(settings, str(Topic.DEADLETTER))
+    ]
+    return [d for d in letters if endpoint is None or d.endpoint == endpoint]
+
+
+async def wait_dead_letters(
+    kafka: str, endpoint: str, count: int, within: float = DEADLINE
+) -> list[DeadLetter]:
+    """Until ``endpoint`` has ``count`` dead letters; they, sorted by event id."""
+    deadline = time.monotonic() + within
+    while True:
+        letters = await dead_letters(kafka, endpoint)
+        if len(letters) >= count:
+            return sorted(letters, key=lambda d: d.event_id)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{endpoint}: {len(letters)} dead letters, not {count}")
+        await asyncio.sleep(0.1)

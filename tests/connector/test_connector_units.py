@@ -1,32 +1,37 @@
-"""Connector pieces without infrastructure: classification, backoff, headers, presigning."""
+"""Connector pieces without infrastructure: classification, schedule, signatures, breaker,
+limits, SSRF guard, headers, presigning."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 from pydantic import ValidationError
+from standardwebhooks import Webhook, WebhookVerificationError
 
-from connector.config import parse_config
+from connector.config import disallowed_address, parse_config, parse_duration
 from connector.consumer import webhook_body
-from connector.delivery import (
-    EndpointClient,
-    RetryPolicy,
-    Verdict,
-    _retry_after,
-    classify,
-    deliver,
-)
+from connector.delivery import EndpointClient, Verdict, classify, retry_after
 from connector.presign import Presigner
+from connector.protection import CircuitBreaker, CircuitState, RateLimiter
+from connector.retry import DeadLetterNow, RetryLater, RetryState, Schedule, next_step
 from connector.settings import ConnectorSettings
-from contracts import StoredFileData, WebhookBody, encode
+from contracts import StoredFileData, WebhookBody, encode, retry_topic
 from devstack.infra import free_port
-from tests.connector.connector_helpers import failed, metric, stored, wait_for
+from tests.connector.connector_helpers import failed, metric, stored
+
+SECRET_A = "whsec_" + base64.b64encode(b"a" * 32).decode()
+SECRET_B = "whsec_" + base64.b64encode(bytes(range(24))).decode()
 
 
 @pytest.mark.parametrize(
@@ -35,45 +40,263 @@ from tests.connector.connector_helpers import failed, metric, stored, wait_for
         (200, Verdict.DELIVERED),
         (202, Verdict.DELIVERED),
         (204, Verdict.DELIVERED),
-        (None, Verdict.RETRY),
+        (None, Verdict.RETRY),  # timeout, connection refused, TLS error
         (301, Verdict.RETRY),  # redirects are not followed: a failure
-        (400, Verdict.RETRY),  # for now; the dead-letter work rejects these
-        (404, Verdict.RETRY),
+        (400, Verdict.REJECT),
+        (401, Verdict.REJECT),
+        (404, Verdict.REJECT),
+        (410, Verdict.REJECT),
         (408, Verdict.RETRY),
         (429, Verdict.RETRY),
         (500, Verdict.RETRY),
         (503, Verdict.RETRY),
     ],
 )
-def test_only_2xx_delivers(status: int | None, verdict: Verdict) -> None:
+def test_what_an_answer_means(status: int | None, verdict: Verdict) -> None:
     assert classify(status) is verdict
-
-
-def test_backoff_doubles_with_jitter_up_to_the_maximum() -> None:
-    policy = RetryPolicy(initial=1.0, maximum=60.0)
-    assert [policy.delay(n, rand=lambda: 1.0) for n in range(1, 9)] == [
-        1,
-        2,
-        4,
-        8,
-        16,
-        32,
-        60,
-        60,
-    ]
-    assert [policy.delay(n, rand=lambda: 0.0) for n in (1, 2, 7)] == [0.5, 1, 30]
-    assert policy.delay(10_000, rand=lambda: 0.5) == 45  # no overflow after days of failures
-    assert policy.delay(1, retry_after=20, rand=lambda: 0.0) == 20  # the endpoint asks for more
-    assert policy.delay(1, retry_after=3600, rand=lambda: 0.0) == 60  # but not beyond the max
 
 
 def test_retry_after_header() -> None:
     now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-    assert _retry_after("7") == 7
-    assert _retry_after(format_datetime(now + timedelta(seconds=30), usegmt=True), now) == 30
-    assert _retry_after(format_datetime(now - timedelta(seconds=30), usegmt=True), now) == 0
-    assert _retry_after("soon") is None
-    assert _retry_after(None) is None
+    assert retry_after("7") == 7
+    assert retry_after(format_datetime(now + timedelta(seconds=30), usegmt=True), now) == 30
+    assert retry_after(format_datetime(now - timedelta(seconds=30), usegmt=True), now) == 0
+    assert retry_after("soon") is None
+    assert retry_after(None) is None
+
+
+def test_durations_and_retry_topic_names() -> None:
+    assert [parse_duration(v) for v in ("200ms", "5s", "2m", "1h", "1d", 3, 0.5, "1.5s")] == [
+        0.2,
+        5,
+        120,
+        3600,
+        86400,
+        3,
+        0.5,
+        1.5,
+    ]
+    for bad in ("5 minutes", "-1s", "0", True, None):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+    names = [retry_topic(d) for d in (0.2, 1.5, 5, 90, 120, 600, 3600, 5400, 129600)]
+    assert names == [
+        "fleetgate.connector.retry.200ms.v1",
+        "fleetgate.connector.retry.1500ms.v1",
+        "fleetgate.connector.retry.5s.v1",
+        "fleetgate.connector.retry.90s.v1",
+        "fleetgate.connector.retry.2m.v1",
+        "fleetgate.connector.retry.10m.v1",
+        "fleetgate.connector.retry.1h.v1",
+        "fleetgate.connector.retry.90m.v1",
+        "fleetgate.connector.retry.36h.v1",
+    ]
+    with pytest.raises(ValueError):
+        retry_topic(0.0005)
+
+
+def test_the_default_schedule() -> None:
+    retry = parse_config("endpoints: [{name: a, url: 'https://example.com/'}]").retry
+    assert retry.schedule == [5, 30, 120, 600, 1800, 3600]
+    assert retry.max_age == 24 * 3600 and retry.jitter == 0.2
+    assert [t.split(".")[3] for t in retry.topics] == ["5s", "30s", "2m", "10m", "30m", "1h"]
+
+
+def test_next_step_walks_the_schedule_then_repeats_the_last_until_the_maximum_age() -> None:
+    schedule = Schedule((5, 30, 120, 600, 1800, 3600), max_age=24 * 3600, jitter=0.2)
+    t0 = 1_000_000.0
+    state = RetryState(endpoint="e", attempts=1, first_attempt=t0)
+    mid = lambda: 0.5  # noqa: E731 - no jitter at the middle of the draw
+    steps = []
+    now, tier = t0, None
+    while True:
+        step = next_step(schedule, state, tier, now, rand=mid)
+        if isinstance(step, DeadLetterNow):
+            break
+        assert isinstance(step, RetryLater)
+        steps.append(step.tier)
+        now, tier = step.due, step.tier
+    # 5 s, 30 s, 2 min, 10 min, 30 min, 1 h, then hourly: the last retry within 24 h.
+    assert steps[:7] == [0, 1, 2, 3, 4, 5, 5]
+    assert now - t0 <= 24 * 3600 < now - t0 + 3600
+    assert len(steps) == 6 + 22  # 6155 s of steps, then 22 hourly ones: 29 attempts
+
+    # Jitter: +- 20 % of the step, never less.
+    low = next_step(schedule, state, None, t0, rand=lambda: 0.0)
+    high = next_step(schedule, state, None, t0, rand=lambda: 1.0)
+    assert isinstance(low, RetryLater) and isinstance(high, RetryLater)
+    assert (low.due - t0, high.due - t0) == pytest.approx((4.0, 6.0))
+
+
+def test_retry_after_picks_a_step_that_waits_long_enough() -> None:
+    schedule = Schedule((5, 30, 120, 600, 1800, 3600), max_age=24 * 3600, jitter=0.2)
+    state = RetryState(endpoint="e", attempts=1, first_attempt=0.0)
+    step = next_step(schedule, state, None, 0.0, retry_after=60, rand=lambda: 0.0)
+    assert isinstance(step, RetryLater)
+    assert step.tier == 2 and step.due == 96  # the 2 min step, jitter down to 96 s
+    step = next_step(schedule, state, None, 0.0, retry_after=100, rand=lambda: 0.0)
+    assert isinstance(step, RetryLater) and step.due == 100  # but never before Retry-After
+    step = next_step(schedule, state, 4, 0.0, retry_after=1, rand=lambda: 0.5)
+    assert isinstance(step, RetryLater) and step.tier == 5  # never back to an earlier step
+    # Asking for longer than the maximum age: dead letter now, not a silent drop later.
+    assert isinstance(next_step(schedule, state, None, 0.0, retry_after=90_000), DeadLetterNow)
+
+
+def test_retry_state_round_trips_through_headers() -> None:
+    state = RetryState(
+        endpoint="crm",
+        attempts=3,
+        first_attempt=1_763_700_000.123,
+        due=1_763_700_030.5,
+        last_status=503,
+        last_error="HTTP 503: " + "é" * 400,
+        last_attempt=1_763_700_020.0,
+        source="fleetgate.files.v1/2/17",
+        source_time=1_763_699_999.0,
+        queued_by="abc",
+    )
+    headers = state.headers()
+    back = RetryState.from_headers(headers)
+    assert back is not None
+    assert len(dict(headers)["fg-last-error"]) <= 500  # clipped on a character boundary
+    assert back.last_error is not None and back.last_error.endswith("...")
+    assert back == dataclasses.replace(state, last_error=back.last_error)
+    assert RetryState.endpoint_of(headers) == "crm"
+    assert RetryState.from_headers([("fg-endpoint", b"crm")]) is None
+    assert RetryState.endpoint_of([]) is None
+
+
+def test_signatures_verify_with_the_standardwebhooks_package_for_each_secret() -> None:
+    text = (
+        "endpoints:\n  - name: signed\n    url: https://example.com/\n"
+        f"    secrets: ['{SECRET_A}', '{SECRET_B}']\n"
+    )
+    client = EndpointClient(parse_config(text).endpoints[0])
+    body = b'{"type":"file.failed"}'
+    headers = client.headers("ev-1", "1", body)
+    assert headers["webhook-id"] == "ev-1"
+    assert abs(int(headers["webhook-timestamp"]) - time.time()) < 5
+    signatures = headers["webhook-signature"].split(" ")
+    assert len(signatures) == 2 and all(s.startswith("v1,") for s in signatures)
+    for secret, signature in zip((SECRET_A, SECRET_B), signatures, strict=True):
+        # Each secret verifies alone (a receiver mid-rotation knows one of them) ...
+        Webhook(secret).verify(body, {**headers, "webhook-signature": signature})
+        # ... and against the full header, as receivers get it.
+        assert Webhook(secret).verify(body, headers) == {"type": "file.failed"}
+    other = "whsec_" + base64.b64encode(b"z" * 32).decode()
+    with pytest.raises(WebhookVerificationError):
+        Webhook(other).verify(body, headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET_A).verify(body + b" ", headers)  # the body is covered
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET_A).verify(body, {**headers, "webhook-id": "ev-2"})  # so is the id
+    unsigned = parse_config("endpoints: [{name: u, url: 'https://example.com/'}]").endpoints[0]
+    assert "webhook-signature" not in EndpointClient(unsigned).headers("ev", "1", body)
+
+
+def _state(breaker: CircuitBreaker) -> CircuitState:
+    return breaker.state  # (a call: mypy does not keep a narrowed attribute across calls)
+
+
+async def test_circuit_breaker_opens_after_failures_and_lets_one_probe_through() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker("unit-breaker", failures=3, open_seconds=10, clock=lambda: now[0])
+    gauge = "fleetgate_connector_circuit_state"
+    for _ in range(2):
+        permit = breaker.acquire()
+        assert permit is not None and not permit.probe
+        breaker.record(permit, alive=False)
+    assert _state(breaker) is CircuitState.CLOSED
+    permit = breaker.acquire()
+    assert permit is not None
+    breaker.record(permit, alive=True)  # a success resets the count
+    for _ in range(3):
+        permit = breaker.acquire()
+        assert permit is not None
+        breaker.record(permit, alive=False)
+    assert _state(breaker) is CircuitState.OPEN and metric(gauge, endpoint="unit-breaker") == 2
+    assert breaker.acquire() is None
+    now[0] = 10.0
+    probe = breaker.acquire()
+    assert probe is not None and probe.probe and _state(breaker) is CircuitState.HALF_OPEN
+    assert breaker.acquire() is None  # one probe at a time
+    breaker.record(probe, alive=False)  # the probe failed: open for another 10 s
+    assert _state(breaker) is CircuitState.OPEN and breaker.acquire() is None
+    now[0] = 20.0
+    probe = breaker.acquire()
+    assert probe is not None and probe.probe
+    breaker.release(probe)  # abandoned: another event may probe
+    probe = breaker.acquire()
+    assert probe is not None and probe.probe
+    breaker.record(probe, alive=True)
+    assert _state(breaker) is CircuitState.CLOSED and metric(gauge, endpoint="unit-breaker") == 0
+
+    # wait(): returns a permit once the breaker lets one through, None at the deadline.
+    breaker = CircuitBreaker("unit-breaker-2", failures=1, open_seconds=0.2)
+    first = breaker.acquire()
+    assert first is not None
+    breaker.record(first, alive=False)
+    stop = asyncio.Event()
+    started = time.monotonic()
+    assert await breaker.wait(stop, deadline=time.monotonic() + 0.05) is None
+    probe = await breaker.wait(stop)
+    assert probe is not None and probe.probe
+    assert 0.18 < time.monotonic() - started < 3.0  # the cool-down, not much more
+    waiter = asyncio.create_task(breaker.wait(stop))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    breaker.record(probe, alive=True)  # closing wakes the waiters at once
+    assert (await asyncio.wait_for(waiter, 1)) is not None
+
+
+async def test_rate_limiter_spaces_requests_evenly() -> None:
+    limiter = RateLimiter(50)
+    started = time.monotonic()
+    for _ in range(11):
+        await limiter.acquire()
+    assert 0.19 < time.monotonic() - started < 2.0  # 10 intervals of 20 ms, at least
+
+
+@pytest.mark.parametrize(
+    ("address", "refused"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("169.254.169.254", "link-local"),  # cloud metadata
+        ("fe80::1", "link-local"),
+        ("10.1.2.3", "private"),
+        ("172.16.0.1", "private"),
+        ("192.168.1.1", "private"),
+        ("fd00::1", "private"),
+        ("0.0.0.0", "unspecified"),
+        ("224.0.0.1", "multicast"),
+        ("100.64.0.1", "not a public address"),  # carrier-grade NAT
+        ("::ffff:127.0.0.1", "loopback"),  # IPv4-mapped
+        ("8.8.8.8", None),
+        ("2001:4860:4860::8888", None),
+        ("hooks.example.com", None),  # names are checked when resolved
+    ],
+)
+def test_private_destinations_are_recognised(address: str, refused: str | None) -> None:
+    why = disallowed_address(address)
+    assert (why is None) == (refused is None)
+    if refused is not None:
+        assert why is not None and refused in why
+
+
+async def test_a_name_that_resolves_to_a_private_address_is_refused_before_sending() -> None:
+    port = free_port()
+    text = f"endpoints:\n  - name: unit-ssrf\n    url: http://localhost:{port}/hook\n"
+    client = EndpointClient(parse_config(text).endpoints[0])
+    try:
+        attempt = await client.post(b"{}", "ev-1", "1")
+    finally:
+        await client.aclose()
+    assert attempt.verdict is Verdict.REFUSED and attempt.status is None
+    assert attempt.error is not None
+    assert "localhost resolves to" in attempt.error and "loopback" in attempt.error
+    assert "allow_private_network" in attempt.error
+    assert attempt.alive is None  # nothing learnt about the endpoint
 
 
 def _settings(**overrides: object) -> ConnectorSettings:
@@ -131,6 +354,7 @@ def test_webhook_bodies() -> None:
 
 def _endpoint(**fields: object) -> EndpointClient:
     text = "endpoints:\n  - name: unit\n    url: http://127.0.0.1:1/hook\n"
+    text += "    allow_private_network: true\n"
     text += "".join(f"    {k}: {v}\n" for k, v in fields.items())
     return EndpointClient(parse_config(text).endpoints[0])
 
@@ -138,9 +362,10 @@ def _endpoint(**fields: object) -> EndpointClient:
 async def test_imei_placeholders_are_filled_per_event() -> None:
     client = _endpoint(headers="{X-Device: 'cam-[IMEI]', X-Fixed: 'yes', User-Agent: 'mine/1'}")
     try:
-        assert client.headers("ev-1", "0123") == {
+        assert client.headers("ev-1", "0123", timestamp=1700000000) == {
             "Content-Type": "application/json",
             "webhook-id": "ev-1",
+            "webhook-timestamp": "1700000000",
             "X-Device": "cam-0123",
         }
     finally:
@@ -148,62 +373,65 @@ async def test_imei_placeholders_are_filled_per_event() -> None:
 
 
 async def test_a_refused_connection_is_a_failed_attempt() -> None:
-    text = f"endpoints:\n  - name: unit\n    url: http://127.0.0.1:{free_port()}/hook\n"
+    text = (
+        f"endpoints:\n  - name: unit\n    url: http://127.0.0.1:{free_port()}/hook\n"
+        "    allow_private_network: true\n"
+    )
     client = EndpointClient(parse_config(text).endpoints[0])
     try:
         attempt = await client.post(b"{}", "ev-1", "1")
     finally:
         await client.aclose()
     assert attempt.verdict is Verdict.RETRY
-    assert attempt.status is None
+    assert attempt.status is None and attempt.alive is False
     assert attempt.error is not None and "ConnectError" in attempt.error
 
 
-async def test_deliver_retries_then_stops_when_told() -> None:
+async def test_answers_become_attempts_with_their_reason() -> None:
+    answers = [
+        httpx.Response(503, text="busy " * 100),
+        httpx.Response(429, headers={"Retry-After": "7"}),
+        httpx.Response(410, text="gone"),
+        httpx.Response(204),
+    ]
     seen: list[httpx.Request] = []
-    answers = [500, 429, 200]
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        status = answers.pop(0) if answers else 500
-        return httpx.Response(status, headers={"Retry-After": "0"} if status == 429 else {})
+        return answers.pop(0)
 
     endpoint = parse_config("endpoints: [{name: unit-mock, url: 'http://x/h'}]").endpoints[0]
     client = EndpointClient(endpoint, transport=httpx.MockTransport(handler))
-    stop = asyncio.Event()
-    bodies = iter([b"1", b"2", b"3", b"4"])
-    fast = RetryPolicy(initial=0.01, maximum=0.02)
     try:
-        assert await deliver(
-            client,
-            event_id="ev",
-            event_type="file.failed",
-            imei="1",
-            body=lambda: next(bodies),
-            policy=fast,
-            stop=stop,
-        )
-        assert [r.content for r in seen] == [b"1", b"2", b"3"]  # rebuilt for every attempt
-        assert {r.headers["webhook-id"] for r in seen} == {"ev"}
-        assert metric("fleetgate_connector_retries_total", endpoint="unit-mock") == 2
-
-        # Always failing, with a long backoff: stop ends it at once, undelivered.
-        slow = RetryPolicy(initial=30.0, maximum=60.0)
-        task = asyncio.create_task(
-            deliver(
-                client,
-                event_id="ev2",
-                event_type="file.failed",
-                imei="1",
-                body=lambda: b"x",
-                policy=slow,
-                stop=stop,
-            )
-        )
-        await wait_for(lambda: len(seen) == 4, "the first failed attempt")
-        started = time.monotonic()
-        stop.set()
-        assert await task is False
-        assert time.monotonic() - started < 0.5
+        busy, limited, gone, done = [await client.post(b"{}", "ev", "1") for _ in range(4)]
     finally:
         await client.aclose()
+    assert busy.verdict is Verdict.RETRY and busy.error is not None
+    assert busy.error.startswith("HTTP 503: busy") and len(busy.error) <= 210
+    assert limited.verdict is Verdict.RETRY and limited.retry_after == 7
+    assert limited.alive is True  # a 429 is an endpoint that works: the breaker stays closed
+    assert gone.verdict is Verdict.REJECT and gone.error == "HTTP 410: gone"
+    assert done.verdict is Verdict.DELIVERED and done.status == 204
+    assert {r.headers["webhook-id"] for r in seen} == {"ev"}
+
+
+def test_the_readme_verifier_accepts_our_signatures_and_nothing_else() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("\n## Webhooks\n", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)  # the snippet as a receiver would paste it
+    verify = namespace["verify"]
+    text = (
+        "endpoints:\n  - name: readme\n    url: https://example.com/\n"
+        f"    secrets: ['{SECRET_A}', '{SECRET_B}']\n"
+    )
+    client = EndpointClient(parse_config(text).endpoints[0])
+    body = b'{"type":"file.stored"}'
+    headers = {k.lower(): v for k, v in client.headers("ev-9", "1", body).items()}
+    assert verify(SECRET_A, headers, body) and verify(SECRET_B, headers, body)
+    assert not verify(SECRET_A, headers, body + b"x")
+    other = "whsec_" + base64.b64encode(b"q" * 32).decode()
+    assert not verify(other, headers, body)
+    old = client.headers("ev-9", "1", body, timestamp=int(time.time()) - 3600)
+    assert not verify(SECRET_A, {k.lower(): v for k, v in old.items()}, body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -20,9 +21,12 @@ from devstack.infra import free_port
 
 @dataclass
 class Receiver:
-    """A real HTTP server that keeps every webhook it receives."""
+    """A threaded HTTP server keeping every webhook; while ``hold`` is clear it keeps the
+    requests waiting (answering 204 once it is set, if the caller is still there)."""
 
     received: list[tuple[dict[str, str], dict[str, Any]]] = field(default_factory=list)
+    hold: threading.Event = field(default_factory=threading.Event)
+    held: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadingHTTPServer | None = None
 
@@ -35,10 +39,16 @@ class Receiver:
         with self.lock:
             return [body for _, body in self.received]
 
+    def stored(self) -> dict[str, dict[str, Any]]:
+        """event_id -> the data of each file.stored webhook (duplicates collapse)."""
+        stored = [b["data"] for b in self.bodies() if b["type"] == "file.stored"]
+        return {data["event_id"]: data for data in stored}
 
-@contextmanager
+
+@contextlib.contextmanager
 def receiver() -> Iterator[Receiver]:
     state = Receiver()
+    state.hold.set()
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -46,18 +56,24 @@ def receiver() -> Iterator[Receiver]:
             body = json.loads(self.rfile.read(length))
             with state.lock:
                 state.received.append((dict(self.headers.items()), body))
-            self.send_response(204)
-            self.end_headers()
+                if not state.hold.is_set():
+                    state.held += 1
+            state.hold.wait(60)
+            with contextlib.suppress(OSError):
+                self.send_response(204)
+                self.end_headers()
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
     state.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.server.daemon_threads = True
     thread = threading.Thread(target=state.server.serve_forever, daemon=True)
     thread.start()
     try:
         yield state
     finally:
+        state.hold.set()
         state.server.shutdown()
         state.server.server_close()
 

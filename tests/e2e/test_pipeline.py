@@ -36,6 +36,7 @@ def test_twenty_cameras_end_to_end(tmp_path: Path) -> None:
             "endpoints:\n"
             "  - name: platform\n"
             f"    url: {hooks.url}\n"
+            "    allow_private_network: true\n"  # the receiver is on 127.0.0.1
             "    headers:\n"
             "      X-Device: '[IMEI]'\n"
         )

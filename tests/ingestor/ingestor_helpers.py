@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
 import contracts
+from camproto import (
+    CameraDevice,
+    CameraFile,
+    DeviceFile,
+    DsmMetadata,
+    DualCamMetadata,
+    DualCamSlot,
+    FileAccepted,
+    ResumeRequested,
+)
 from contracts import ChunkHeader, RecordKind, Topic
 from contracts import models as wire
+from ingestor.progress import ProgressBook, ProgressReader
 from ingestor.server import Ingestor, KafkaSink
 from ingestor.settings import IngestorSettings
+from simulator.faults import TokenBucket
 
 
 def settings(kafka: str, **overrides: Any) -> IngestorSettings:
@@ -28,15 +41,32 @@ def settings(kafka: str, **overrides: Any) -> IngestorSettings:
 
 
 @contextlib.asynccontextmanager
-async def running(config: IngestorSettings, sink: Any = None) -> AsyncIterator[Ingestor]:
+async def running(
+    config: IngestorSettings, sink: Any = None, *, progress: bool = False
+) -> AsyncIterator[Ingestor]:
+    """An ingestor on a free port; with ``progress``, it reads the progress topic first and
+    follows it, as ``serve`` does."""
     kafka_sink = KafkaSink(config)
     await kafka_sink.producer.start()
-    ingestor = Ingestor(config, sink or kafka_sink)
+    book = ProgressBook(config.progress_max_age)
+    reader = ProgressReader(config, book) if progress else None
+    following: asyncio.Task[None] | None = None
+    if reader is not None:
+        await reader.start()
+        await reader.catch_up()
+        following = asyncio.create_task(reader.follow())
+    ingestor = Ingestor(config, sink or kafka_sink, book)
     try:
         await ingestor.start()
         yield ingestor
     finally:
         await ingestor.stop()
+        if following is not None:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
+        if reader is not None:
+            await reader.stop()
         await kafka_sink.producer.stop()
 
 
@@ -105,3 +135,192 @@ def _take(out: Published, record: Any) -> None:
             data += record.value
     else:
         out.ends[tid] = contracts.decode(wire.TransferEnd, record.value)
+
+
+# Progress -------------------------------------------------------------------------------
+
+
+async def read_progress(
+    kafka: str, until: Any = None, within: float = 20.0
+) -> list[wire.TransferProgress]:
+    """Every record of the progress topic, in each partition's order; with ``until``, read
+    until ``until(records)`` holds, else until a poll returns nothing for 0.5 s."""
+    out: list[wire.TransferProgress] = []
+    consumer = AIOKafkaConsumer(
+        str(Topic.PROGRESS), bootstrap_servers=kafka, auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )  # fmt: skip
+    await consumer.start()
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                batch = await consumer.getmany(timeout_ms=500)
+                for records in batch.values():
+                    for record in records:
+                        assert record.value is not None
+                        out.append(contracts.decode(wire.TransferProgress, record.value))
+                if until is not None and until(out):
+                    break
+                if until is None and not batch and out:
+                    break
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def start_records(kafka: str, within: float = 10.0) -> dict[str, list[tuple[int, int]]]:
+    """Transfer id -> (partition, Kafka offset) of each of its start records, in order."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    consumer = AIOKafkaConsumer(
+        str(Topic.CHUNKS), bootstrap_servers=kafka, auto_offset_reset="earliest",
+        enable_auto_commit=False, max_partition_fetch_bytes=8 << 20,
+    )  # fmt: skip
+    await consumer.start()
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                batch = await consumer.getmany(timeout_ms=500)
+                if not batch:
+                    break
+                for records in batch.values():
+                    for record in records:
+                        headers = dict(record.headers)
+                        if headers[ChunkHeader.KIND] == RecordKind.START.value.encode():
+                            tid = headers[ChunkHeader.TRANSFER].decode()
+                            out.setdefault(tid, []).append((record.partition, record.offset))
+    finally:
+        await consumer.stop()
+    return out
+
+
+# A device that can change ingestors ------------------------------------------------------
+
+
+@dataclass
+class Hopper:
+    """A camera (:class:`camproto.CameraDevice`) uploading over TCP; connection ``i`` goes
+    to ``ports[i % len(ports)]``, so after a failure it tries the next ingestor.
+
+    ``rate`` paces DATA (bytes/s); ``cut_after[i]`` ends connection ``i`` (FIN) after that
+    many DATA packets; on connections in ``deaf`` the device never hears REPEAT INIT (it
+    half-closes once its file is sent, as if the link had dropped before the answer).
+    """
+
+    device: CameraDevice
+    ports: list[int]
+    rate: float | None = None
+    cut_after: dict[int, int] = field(default_factory=dict)
+    deaf: set[int] = field(default_factory=set)
+    backoff: float = 0.05
+    #: Connection ``i`` waits for ``gates[i]`` to be set first.
+    gates: dict[int, asyncio.Event] = field(default_factory=dict)
+    connections: int = 0
+    sent: int = 0  # bytes written, commands included
+    resumed: list[int] = field(default_factory=list)  # RESUME offsets (bytes), in order
+    accepted: list[CameraFile] = field(default_factory=list)
+    endings: list[str] = field(default_factory=list)
+
+    async def run(self, within: float = 60.0) -> None:
+        async with asyncio.timeout(within):
+            while self.device.files:
+                if self.connections:
+                    await asyncio.sleep(self.backoff)
+                port = self.ports[self.connections % len(self.ports)]
+                index = self.connections
+                if index in self.gates:
+                    await self.gates[index].wait()
+                self.connections += 1
+                try:
+                    self.endings.append(f"{port}: {await self._connection(index, port)}")
+                except OSError as exc:
+                    self.endings.append(f"{port}: {exc!r}")
+
+    async def _connection(self, index: int, port: int) -> str:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        conn = self.device.connect()
+        cut = self.cut_after.get(index)
+        deaf = index in self.deaf
+        bucket = None if self.rate is None else TokenBucket(self.rate, max(1100.0, self.rate / 50))
+        limit = 64 * 1024 if self.rate is None else max(1030, int(self.rate / 50))
+        wake = asyncio.Event()
+        eof = False
+
+        async def read() -> None:
+            nonlocal eof
+            while not eof:
+                try:
+                    data = await reader.read(65536)
+                except OSError:
+                    data = b""
+                eof = not data
+                if deaf and conn.all_sent and not eof:
+                    continue  # the answer to the whole file never arrives
+                for event in conn.receive_data(data, eof=eof):
+                    if isinstance(event, ResumeRequested):
+                        self.resumed.append(event.offset)
+                    elif isinstance(event, FileAccepted):
+                        self.accepted.append(event.file)
+                wake.set()
+
+        reading = asyncio.create_task(read())
+        try:
+            while True:
+                if eof or conn.closed:
+                    return "closed by the server" if not conn.closed else "CLOSE"
+                out = conn.data_to_send(limit, cut)
+                if out:
+                    if bucket is not None:
+                        await bucket.take(len(out))
+                    writer.write(out)
+                    self.sent += len(out)
+                    await writer.drain()
+                    continue
+                if (cut is not None and conn.packets_sent >= cut) or (deaf and conn.all_sent):
+                    writer.write_eof()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(5):
+                            await reading
+                    return "cut" if not deaf else "deaf"
+                wake.clear()
+                await wake.wait()
+        except OSError as exc:
+            return f"lost: {exc!r}"
+        finally:
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reading
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+async def eventually(condition: Callable[[], bool], within: float, what: str) -> None:
+    """Wait until ``condition()`` holds (checked every 20 ms); TimeoutError after ``within``."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {within} s for {what}")
+        await asyncio.sleep(0.02)
+
+
+def dualcam_video(
+    size: int, captured_ms: int | None = 1_732_192_496_000, seed: int = 1
+) -> DeviceFile:
+    """A DualCam rear video of ``size`` bytes; its metadata names a capture time unless
+    ``captured_ms`` is None (then the transfer cannot be recognised in another session)."""
+    data = bytes((i * 7 + seed) % 251 for i in range(size))
+    metadata = DualCamMetadata(
+        version=1, file_type=DualCamSlot.VIDEO_REAR.metadata_type, timestamp_ms=captured_ms or 0,
+        trigger=1, duration_s=1, framerate=25, timezone_min=0, latitude=54.7, longitude=25.3,
+    ).encode()  # fmt: skip
+    return DeviceFile(CameraFile.for_slot(DualCamSlot.VIDEO_REAR), data, metadata)
+
+
+def dsm_video(size: int, captured_ms: int = 1_732_192_496_000, seed: int = 2) -> DeviceFile:
+    """A DSM video named by path, size and CRC announced in START, in bytes."""
+    data = bytes((i * 13 + seed) % 251 for i in range(size))
+    metadata = DsmMetadata(
+        timestamp_ms=captured_ms, file_type=0, trigger=13, latitude=54.7, longitude=25.3,
+        events=("phone",), driver_name="JONAS",
+    ).encode()  # fmt: skip
+    return DeviceFile(CameraFile.for_path(b"dsm/video/241121/123456.mp4\0"), data, metadata)

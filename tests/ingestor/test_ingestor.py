@@ -149,7 +149,7 @@ async def test_silent_connection_times_out(kafka: str) -> None:
         writer.close()
     published = await read_published(kafka, ends=0)
     closed = [e for e in published.sessions if isinstance(e, wire.Closed)]
-    assert closed and closed[0].reason == "no data for 0.3 s" and not closed[0].clean
+    assert closed and closed[0].reason == "no INIT within 0.3 s" and not closed[0].clean
 
 
 async def test_broker_gone_means_nothing_is_confirmed(tmp_path: Path) -> None:
