@@ -253,7 +253,10 @@ class WebhookBody(_Model):
     """What the connector POSTs: a Standard Webhooks style envelope around a file event."""
 
     type: Literal["file.stored", "file.failed"]
-    timestamp: datetime
+    timestamp: datetime = Field(
+        description="when the event happened (stored_at or failed_at), not when it was sent: "
+        "the same on every retry and replay"
+    )
     data: Annotated[StoredFileData | FileFailed, Field(discriminator="type")]
 
 
