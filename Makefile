@@ -64,8 +64,9 @@ lint: .venv ## Lint (ruff check + ruff format --check)
 	$(BIN)/ruff format --check .
 
 .PHONY: typecheck
-typecheck: .venv ## Type-check (mypy --strict on libs/camproto, mypy on everything)
+typecheck: .venv ## Type-check (mypy --strict on the protocol cores, mypy on everything)
 	$(BIN)/mypy --strict libs/camproto
+	$(BIN)/mypy --strict libs/dmtproto
 	$(BIN)/mypy libs services tests
 
 .PHONY: test
