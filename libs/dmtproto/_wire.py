@@ -181,7 +181,8 @@ class FrameReader:
         return Frame(message_type, bytes(self._buf[pos:end]))
 
     def _bad_sync(self) -> None:
-        got = bytes(self._buf[self._pos : self._pos + 2]).hex(" ")
+        head = bytes(self._buf[self._pos : self._pos + 2])
+        got = (head if head[0] == SYNC[0] else head[:1]).hex(" ")  # up to the first wrong byte
         raise FrameError(f"message does not start with sync bytes 02 55 (got {got})")
 
 
