@@ -100,8 +100,7 @@ def _batch_messages(records: Sequence[Record | FixedRecord], per_message: int) -
             run = []
         run_type = kind
         run.append(data)
-    if run:
-        out += encode(run_type or M.DATA_RECORDS, b"".join(run))
+    out += encode(run_type or M.DATA_RECORDS, b"".join(run))  # callers pass >= 1 record
     return bytes(out)
 
 

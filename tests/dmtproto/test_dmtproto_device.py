@@ -4,6 +4,7 @@ and only committed records leave the device."""
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 
 import pytest
 
@@ -65,6 +66,7 @@ def test_hello_then_batch_then_commit() -> None:
     conn.data_to_send()
     assert conn.receive_data(hello_reply(DM_NOW, 1)) == [HelloAcknowledged(time=DM_NOW, flags=1)]
     assert conn.server_time == DM_NOW
+    assert HelloAcknowledged(time=DM_NOW, flags=0).server_time == datetime(2026, 11, 30, tzinfo=UTC)
     out = conn.data_to_send()
     assert out.endswith(COMMIT)
     assert out.count(h("025504")) == 2  # 2 records, then 1

@@ -1,0 +1,193 @@
+"""Hypothesis invariants: any input parses or raises RemoteProtocolError (never anything else),
+however it is cut; records survive encode/decode; the device's records all arrive."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dmtproto import (
+    Analogue16,
+    Analogue16Field,
+    Analogue32,
+    Analogue32Field,
+    CommitRequested,
+    DebugField,
+    DigitalField,
+    DriverIdField,
+    Event,
+    Field,
+    GpsField,
+    OdometerField,
+    RawField,
+    Record,
+    RecordReceived,
+    RemoteProtocolError,
+    ServerConfig,
+    ServerState,
+    TripField,
+    TripTypeField,
+    decode_records,
+    encode,
+    encode_record,
+)
+from tests.dmtproto.dmtproto_helpers import (
+    VECTOR_HELLO,
+    DevicePair,
+    new_server,
+    random_cuts,
+    sample_device,
+)
+
+S = ServerState
+FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SMALL = ServerConfig(max_message_length=2048, max_ignored_messages=5)
+
+
+def feed_all(chunks: list[bytes], eof: bool) -> list[Event]:
+    """Feed ``chunks``; the only exception allowed out is RemoteProtocolError."""
+    server = new_server(SMALL)
+    events: list[Event] = []
+    try:
+        for chunk in chunks:
+            events += server.receive_data(chunk, 0.0)
+            server.data_to_send()
+    except RemoteProtocolError as exc:
+        assert server.state is S.ERROR
+        assert str(exc)
+        events += [e for e in exc.events if isinstance(e, Event)]
+        return events
+    if eof:
+        events += server.receive_eof()
+        assert server.state is S.CLOSED
+    return events
+
+
+def cut(data: bytes, points: list[int]) -> list[bytes]:
+    edges = sorted({p % (len(data) + 1) for p in points} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(edges)]
+
+
+@FAST
+@given(st.binary(max_size=600), st.lists(st.integers(0, 600), max_size=8), st.booleans())
+def test_garbage_parses_or_raises_remote_protocol_error(
+    data: bytes, points: list[int], eof: bool
+) -> None:
+    feed_all(cut(data, points), eof)
+    feed_all(cut(VECTOR_HELLO + data, points), eof)  # garbage after a good HELLO
+
+
+message_types = st.sampled_from([0x00, 0x04, 0x05, 0x10, 0x14, 0x22, 0x26, 0x30, 0x06, 0x7F])
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> bytes:
+    """Well-framed messages of device types with random payloads (records half the time)."""
+    kind = draw(message_types)
+    if kind == 0x04 and draw(st.booleans()):
+        payload = b"".join(encode_record(r) for r in draw(st.lists(records(), max_size=3)))
+    else:
+        payload = draw(st.binary(max_size=80))
+    return encode(kind, payload)
+
+
+@FAST
+@given(st.lists(messages(), max_size=12), st.lists(st.integers(0, 2000), max_size=6))
+def test_framed_messages_parse_or_raise_and_cuts_do_not_matter(
+    stream: list[bytes], points: list[int]
+) -> None:
+    data = VECTOR_HELLO + b"".join(stream)
+    whole = feed_all([data], eof=True)
+    assert feed_all(cut(data, points), eof=True) == whole
+
+
+# --- records ----------------------------------------------------------------------------------
+
+u8, u16, u32 = st.integers(0, 0xFF), st.integers(0, 0xFFFF), st.integers(0, 0xFFFFFFFF)
+i16, i32 = st.integers(-0x8000, 0x7FFF), st.integers(-(2**31), 2**31 - 1)
+extra = st.binary(max_size=4)
+
+fields: st.SearchStrategy[Field] = st.one_of(
+    st.builds(
+        GpsField, gps_time=u32, latitude_e7=i32, longitude_e7=i32, altitude_m=i16,
+        speed_cm_s=u16, speed_accuracy=u8, heading_2deg=u8, pdop_tenths=u8,
+        position_accuracy_m=u8, status=u8, extra=extra,
+    ),
+    st.builds(DebugField, code=u16, text=st.binary(max_size=300)),
+    st.builds(DigitalField, inputs=u32, outputs=u16, status=u16, extra=extra),
+    st.builds(DriverIdField, id_type=u8, data=st.binary(max_size=12)),
+    st.builds(Analogue16Field, values=st.lists(st.builds(Analogue16, u8, u16)).map(tuple)),
+    st.builds(Analogue32Field, values=st.lists(st.builds(Analogue32, u8, i32)).map(tuple)),
+    st.builds(TripTypeField, trip_type=u8, trim=st.none()),
+    st.builds(TripTypeField, trip_type=u8, trim=u8, extra=extra),
+    st.builds(TripField, distance_m=u32, duration_s=u32, extra=extra),
+    st.builds(OdometerField, odometer=u32, run_hours_s=u32, extra=extra),
+    st.builds(
+        RawField,
+        field_id=st.integers(0, 255).filter(lambda i: i not in {0, 1, 2, 3, 6, 7, 15, 26, 27}),
+        data=st.binary(max_size=300),
+    ),
+)  # fmt: skip
+
+
+@st.composite
+def records(draw: st.DrawFn) -> Record:
+    return Record(
+        sequence=draw(u32),
+        time=draw(u32),
+        log_reason=draw(u8),
+        fields=tuple(draw(st.lists(fields, max_size=6))),
+    )
+
+
+@FAST
+@given(st.lists(records(), min_size=1, max_size=4))
+def test_records_round_trip(built: list[Record]) -> None:
+    payload = b"".join(encode_record(r) for r in built)
+    decoded = decode_records(payload)
+    assert decoded == built
+    assert b"".join(r.raw for r in decoded) == payload
+    assert [encode_record(r) for r in decoded] == [encode_record(r) for r in built]
+
+
+@FAST
+@given(records(), st.binary(min_size=1, max_size=40))
+def test_truncated_or_padded_record_payloads_never_crash(record: Record, junk: bytes) -> None:
+    raw = encode_record(record)
+    for payload in (raw[: len(raw) // 2], raw + junk, junk + raw):
+        server = new_server()
+        try:
+            server.receive_data(VECTOR_HELLO + encode(0x04, payload), 0.0)
+        except RemoteProtocolError as exc:
+            assert "DATA_RECORDS(0x04)" in str(exc) and "state READY" in str(exc)
+
+
+# --- pair -------------------------------------------------------------------------------------
+
+
+@FAST
+@given(
+    st.integers(0, 60),
+    st.integers(1, 9),
+    st.integers(1, 25),
+    st.integers(0, 2**32 - 1),
+)
+def test_pair_delivers_every_record_exactly_once_per_connection(
+    count: int, per_message: int, per_commit: int, seed: int
+) -> None:
+    device = sample_device(count)
+    sent = list(device.pending)
+    rng = random.Random(seed)
+    pair = DevicePair(
+        device,
+        records_per_message=per_message,
+        records_per_commit=per_commit,
+        up=random_cuts(rng, 50),
+        down=random_cuts(rng, 5),
+    ).run()
+    assert [e.record for e in pair.events_of(RecordReceived)] == sent
+    assert device.pending == [] and device.committed == count
+    assert sum(e.new_records for e in pair.events_of(CommitRequested)) == count
