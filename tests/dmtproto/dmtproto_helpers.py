@@ -13,6 +13,7 @@ import random
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from dmtproto import (
@@ -30,6 +31,7 @@ from dmtproto import (
     ServerState,
     SessionClosed,
     encode,
+    pack_fixed_time,
 )
 from dmtproto._wire import Frame, FrameReader
 
@@ -88,6 +90,15 @@ def field_bytes(field_id: int, data: bytes) -> bytes:
 
 def data_message(*records: bytes) -> bytes:
     return encode(0x04, b"".join(records))
+
+
+#: A fixed 64-byte record (0x10): index 4242, 2024-03-09T17:45:30Z, lon before lat.
+FIXED = struct.pack(
+    "<BIIiiHBhHBBBIH5hb3h8sHHH",
+    1, 4242, pack_fixed_time(datetime(2024, 3, 9, 17, 45, 30, tzinfo=UTC)),
+    99343941, -554574140, 2330, 148, -30, 7, 1, 11, 1, 0x81, 2,
+    1, 2, 3, -4, 5, -12, 100, -200, 981, b"DEVICEID", 125, 0, 0xBEEF,
+)  # fmt: skip
 
 
 # --- framing ----------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from dmtproto import (
     Record,
     RecordReceived,
     RemoteProtocolError,
+    SessionClosed,
     TimeReceived,
     VersionDataAcknowledged,
     decode_fixed_records,
@@ -33,6 +34,7 @@ from tests.dmtproto.dmtproto_helpers import (
     COMMIT,
     COMMIT_REPLY,
     DM_NOW,
+    FIXED,
     HELLO,
     VERSION_REPLY,
     DevicePair,
@@ -43,7 +45,6 @@ from tests.dmtproto.dmtproto_helpers import (
     random_cuts,
     sample_device,
 )
-from tests.dmtproto.test_dmtproto_records import FIXED
 
 M = MessageType
 
@@ -181,7 +182,7 @@ def test_round_trip_everything_committed(cut: str) -> None:
     assert kinds(pair.device_events) == ["HelloAcknowledged", *["CommitAcknowledged"] * 4]
     assert pair.server.committed == 100 and pair.server.uncommitted == 0
     (closed,) = pair.disconnect()
-    assert closed.clean
+    assert isinstance(closed, SessionClosed) and closed.clean
 
 
 def test_disconnect_before_the_commit_response_resends_on_the_next_connection() -> None:
@@ -191,6 +192,7 @@ def test_disconnect_before_the_commit_response_resends_on_the_next_connection() 
     assert len(received(first)) == 6 and first.server.state.name == "COMMITTING"
     # Kafka never acknowledged: no commit, the connection drops.
     (closed,) = first.disconnect()
+    assert isinstance(closed, SessionClosed)
     assert not closed.clean and closed.uncommitted == 6
     assert len(device.pending) == 10 and device.committed == 0
 

@@ -15,6 +15,7 @@ from dmtproto import (
     DigitalField,
     GpsField,
     HelloReceived,
+    Record,
     RecordReceived,
     RequestAnswered,
 )
@@ -92,6 +93,7 @@ def test_vector_1_data_records() -> None:
     for record, (seq, when, lat, lon, alt, speed, heading, pdop, temp) in zip(
         (first, second), expected, strict=True
     ):
+        assert isinstance(record, Record)
         assert record.sequence == seq
         assert record.device_time == when
         assert record.log_reason == 3 and record.log_reason_name == "elapsed_time"
