@@ -12,11 +12,11 @@ nothing a device sends is dropped.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum
-from typing import ClassVar, TypeVar
+from typing import ClassVar, NamedTuple, TypeVar
 
 from ._wire import from_dm_time
 
@@ -312,9 +312,8 @@ ANALOGUES_16: dict[int, AnalogueKind] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Analogue16:
-    """One 16-bit analogue: its id and the wire value (u16)."""
+class Analogue16(NamedTuple):
+    """One 16-bit analogue: its id and the wire value (u16). A named tuple: records carry many."""
 
     id: int
     raw: int
@@ -326,7 +325,7 @@ class Analogue16:
     @property
     def value(self) -> float:
         """Scaled by :data:`ANALOGUES_16` where the id is known; else the raw value."""
-        kind = self.kind
+        kind = ANALOGUES_16.get(self.id)
         if kind is None:
             return self.raw
         raw = self.raw - 0x10000 if kind.signed and self.raw & 0x8000 else self.raw
@@ -348,8 +347,7 @@ class Analogue16Field:
         return b"".join(_AN16.pack(a.id, a.raw) for a in self.values)
 
 
-@dataclass(frozen=True, slots=True)
-class Analogue32:
+class Analogue32(NamedTuple):
     """One 32-bit analogue: its id and signed value (meanings not public)."""
 
     id: int
@@ -479,18 +477,18 @@ def _driver_id(data: bytes) -> Field:
     return DriverIdField(id_type=data[0], data=data[1:])
 
 
-def _repeated(data: bytes, layout: struct.Struct) -> list[tuple[int, int]]:
+def _repeated(data: bytes, layout: struct.Struct) -> Iterator[tuple[int, int]]:
     if len(data) % layout.size:
         raise struct.error(f"length {len(data)} is not a multiple of {layout.size}")
-    return [(i, v) for i, v in layout.iter_unpack(data)]
+    return layout.iter_unpack(data)
 
 
 def _analogue16(data: bytes) -> Field:
-    return Analogue16Field(values=tuple(Analogue16(i, v) for i, v in _repeated(data, _AN16)))
+    return Analogue16Field(values=tuple(map(Analogue16._make, _repeated(data, _AN16))))
 
 
 def _analogue32(data: bytes) -> Field:
-    return Analogue32Field(values=tuple(Analogue32(i, v) for i, v in _repeated(data, _AN32)))
+    return Analogue32Field(values=tuple(map(Analogue32._make, _repeated(data, _AN32))))
 
 
 def _trip_type(data: bytes) -> Field:
