@@ -45,6 +45,7 @@ __all__ = [
     "TripTypeField",
     "decode_field",
     "decode_fixed_records",
+    "decode_message_records",
     "decode_records",
     "encode_fixed_record",
     "encode_record",
@@ -821,3 +822,22 @@ def decode_fixed_records(payload: bytes) -> list[FixedRecord]:
             )
         )
     return records
+
+
+_DATA_RECORDS = 0x04
+_FIXED_RECORDS = 0x10
+
+
+def decode_message_records(message: bytes) -> list[Record] | list[FixedRecord]:
+    """Decode the records of a whole 0x04 or 0x10 message, header included (what
+    ``RecordReceived.raw`` and the raw topic hold). Raises DecodeError for anything else."""
+    if len(message) < 5 or message[:2] != b"\x02\x55":
+        raise DecodeError("not a DMT message: it must start with 02 55 and a 5-byte header")
+    size = int.from_bytes(message[3:5], "little")
+    if len(message) != 5 + size:
+        raise DecodeError(f"message length field says {size} bytes, {len(message) - 5} follow")
+    if message[2] == _DATA_RECORDS:
+        return decode_records(message[5:])
+    if message[2] == _FIXED_RECORDS:
+        return decode_fixed_records(message[5:])
+    raise DecodeError(f"message type 0x{message[2]:02X} carries no records")

@@ -11,6 +11,7 @@ from dmtproto import (
     COMMIT_REPLY,
     TRANSITIONS,
     CommitRequested,
+    DecodeError,
     HelloReceived,
     LocalInput,
     LocalProtocolError,
@@ -24,6 +25,7 @@ from dmtproto import (
     ServerConfig,
     ServerState,
     SessionClosed,
+    decode_message_records,
     encode,
 )
 from tests.dmtproto.dmtproto_helpers import (
@@ -194,6 +196,8 @@ def test_record_events_carry_each_record_as_a_message() -> None:
     assert records[2].raw == data_message(record_bytes(9, 0, 11))
     again = feed(VECTOR_HELLO + records[0].raw + records[1].raw).events
     assert [r.record for r in of(again, RecordReceived)] == [r.record for r in records[:2]]
+    assert [decode_message_records(r.raw) for r in records] == [[r.record] for r in records]
+    assert decode_message_records(VECTOR_DATA) == [r.record for r in records[:2]]
 
 
 def test_fixed_records_are_record_events_too() -> None:
@@ -479,3 +483,22 @@ def test_local_inputs_not_allowed_say_so() -> None:
     server = new_server()
     with pytest.raises(LocalProtocolError, match="COMMIT not allowed in state AWAIT_HELLO"):
         server.commit()
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        (h("0255"), "not a DMT message"),
+        (h("0355040000"), "not a DMT message"),
+        (h("02550402000b"), "length field says 2 bytes, 1 follow"),
+        (VECTOR_HELLO, "message type 0x00 carries no records"),
+    ],
+)
+def test_decode_message_records_refuses_other_bytes(message: bytes, error: str) -> None:
+    with pytest.raises(DecodeError, match=error):
+        decode_message_records(message)
+
+
+def test_decode_message_records_fixed() -> None:
+    (record,) = decode_message_records(encode(0x10, FIXED))
+    assert record.raw == FIXED
