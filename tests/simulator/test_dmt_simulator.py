@@ -3,7 +3,9 @@ records committed only once received, resent after a lost commit, garbage refuse
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from dmtproto import (
     RemoteProtocolError,
     ServerConnection,
 )
+from simulator import dmt_cli
 from simulator.dmt import DmtSimulationConfig, simulate_dmt
 
 
@@ -141,3 +144,40 @@ def test_config_is_checked() -> None:
         DmtSimulationConfig(port=1, records_per_commit=0)
     with pytest.raises(ValueError, match="negative"):
         DmtSimulationConfig(port=1, rate=-1)
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    dmt_cli.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_arguments_make_the_config() -> None:
+    args = parse(
+        "--port", "5999", "--devices", "3", "--records", "7", "--rate", "2.5",
+        "--records-per-commit", "5", "--disconnect-before-commit", "1", "--garbage",
+        "--slow", "4000", "--no-async-session", "--timeout-seconds", "9",
+    )  # fmt: skip
+    config = dmt_cli.config_from_args(args)
+    assert (config.port, config.devices, config.records, config.rate) == (5999, 3, 7, 2.5)
+    assert config.records_per_commit == 5 and config.disconnect_before_commit == 1
+    assert config.garbage and config.link_bytes_per_second == 4000
+    assert not config.async_session and config.timeout_seconds == 9
+
+
+def test_bad_settings_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert dmt_cli.run(parse("--port", "5999", "--devices", "0")) == 2
+    assert "at least one device" in capsys.readouterr().err
+
+
+async def test_report_printing(dmt_server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    report = await simulate_dmt(config(dmt_server, devices=1, records=4))
+    dmt_cli.print_report(report, as_json=False)
+    out = capsys.readouterr().out
+    assert ": 4/4 committed, 0 resent, 1 connections" in out
+    assert "4/4 records committed" in out
+    dmt_cli.print_report(report, as_json=True)
+    assert json.loads(capsys.readouterr().out)["devices"][0]["committed"] == 4
