@@ -28,7 +28,7 @@ from camproto import (
     TransferComplete,
     crc16,
 )
-from contracts.dmt import telemetry_record
+from contracts.dmt import telemetry_record, telemetry_record_json
 from dmtproto import (
     Analogue16,
     Analogue16Field,
@@ -200,7 +200,15 @@ def bench_dmt(repeat: int, records: int) -> dict[str, float]:
         for event in decoded:
             telemetry_record(event.record, DMT_HELLO, session_id="s", ingestor="i", received_at=at)
 
+    def to_json() -> None:
+        for event in decoded:
+            telemetry_record_json(
+                event.record, DMT_HELLO, session_id="s", ingestor="i", received_at=at
+            )
+
     figures["dmt_to_records_v1_model_per_s"] = records / best(to_contract, repeat)
+    figures["dmt_to_records_v1_json_per_s"] = records / best(to_json, repeat)
+    figures["dmt_to_records_v1_json_per_cpu_s"] = records / best(to_json, repeat, time.process_time)
 
     # Memory held by idle server sessions after HELLO (the protocol core's share only).
     sessions = 2000

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from hypothesis import HealthCheck, given, settings
+
 import contracts
 from contracts import Topic
-from contracts.dmt import PROTOCOL, device_identity, telemetry_record
+from contracts.dmt import PROTOCOL, device_identity, telemetry_record, telemetry_record_json
 from contracts.records import (
     DeviceIdentity,
     DeviceStatus,
@@ -28,6 +30,7 @@ from dmtproto import (
     Analogue32Field,
     DebugField,
     DriverIdField,
+    FixedRecord,
     HelloReceived,
     OdometerField,
     RawField,
@@ -39,7 +42,7 @@ from dmtproto import (
     decode_fixed_records,
     decode_hello,
 )
-from tests.dmtproto.dmtproto_helpers import FIXED
+from tests.dmtproto.dmtproto_helpers import FIXED, records
 
 h = bytes.fromhex
 HELLO = h(
@@ -251,3 +254,29 @@ def test_topics() -> None:
              Topic.DEVICES: "fleetgate.devices.v1"}  # fmt: skip
     assert all(str(topic) == name for topic, name in names.items())
     assert TOPIC_CONFIGS[Topic.DEVICES] == {"cleanup.policy": "compact"}
+
+
+# --- the fast JSON path -----------------------------------------------------------------------
+
+
+def test_json_path_gives_the_model_bytes_for_the_vector_and_fixed_records() -> None:
+    hello, records = vector_records()
+    fixed = decode_fixed_records(FIXED * 2)
+    both: list[Record | FixedRecord] = [*records, *fixed]
+    for record in both:
+        for at in (AT, AT.replace(microsecond=123456)):
+            fast = telemetry_record_json(
+                record, hello, session_id="s", ingestor="i", received_at=at
+            )
+            model = telemetry_record(record, hello, session_id="s", ingestor="i", received_at=at)
+            assert fast == contracts.encode(model)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records())
+def test_json_path_gives_the_model_bytes_for_any_record(record: Record) -> None:
+    hello = decode_hello(HELLO[5:])
+    model = telemetry_record(record, hello, session_id="s", ingestor="i", received_at=AT)
+    fast = telemetry_record_json(record, hello, session_id="s", ingestor="i", received_at=AT)
+    assert fast == contracts.encode(model)
+    assert contracts.decode(TelemetryRecord, fast) == model

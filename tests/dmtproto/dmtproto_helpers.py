@@ -16,20 +16,32 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from hypothesis import strategies as st
+
 from dmtproto import (
     Analogue16,
     Analogue16Field,
+    Analogue32,
+    Analogue32Field,
     CommitRequested,
+    DebugField,
     DeviceConnection,
     DigitalField,
     DmtDevice,
+    DriverIdField,
     Event,
+    Field,
     GpsField,
     Hello,
+    OdometerField,
+    RawField,
+    Record,
     ServerConfig,
     ServerConnection,
     ServerState,
     SessionClosed,
+    TripField,
+    TripTypeField,
     encode,
     pack_fixed_time,
 )
@@ -296,3 +308,42 @@ class DevicePair:
         closed = self.events_of(SessionClosed)
         assert len(closed) == 1, closed
         return closed[0]
+
+
+# --- Hypothesis strategies ---------------------------------------------------------------
+
+u8, u16, u32 = st.integers(0, 0xFF), st.integers(0, 0xFFFF), st.integers(0, 0xFFFFFFFF)
+i16, i32 = st.integers(-0x8000, 0x7FFF), st.integers(-(2**31), 2**31 - 1)
+extra = st.binary(max_size=4)
+
+fields: st.SearchStrategy[Field] = st.one_of(
+    st.builds(
+        GpsField, gps_time=u32, latitude_e7=i32, longitude_e7=i32, altitude_m=i16,
+        speed_cm_s=u16, speed_accuracy=u8, heading_2deg=u8, pdop_tenths=u8,
+        position_accuracy_m=u8, status=u8, extra=extra,
+    ),
+    st.builds(DebugField, code=u16, text=st.binary(max_size=300)),
+    st.builds(DigitalField, inputs=u32, outputs=u16, status=u16, extra=extra),
+    st.builds(DriverIdField, id_type=u8, data=st.binary(max_size=12)),
+    st.builds(Analogue16Field, values=st.lists(st.builds(Analogue16, u8, u16)).map(tuple)),
+    st.builds(Analogue32Field, values=st.lists(st.builds(Analogue32, u8, i32)).map(tuple)),
+    st.builds(TripTypeField, trip_type=u8, trim=st.none()),
+    st.builds(TripTypeField, trip_type=u8, trim=u8, extra=extra),
+    st.builds(TripField, distance_m=u32, duration_s=u32, extra=extra),
+    st.builds(OdometerField, odometer=u32, run_hours_s=u32, extra=extra),
+    st.builds(
+        RawField,
+        field_id=st.integers(0, 255).filter(lambda i: i not in {0, 1, 2, 3, 6, 7, 15, 26, 27}),
+        data=st.binary(max_size=300),
+    ),
+)  # fmt: skip
+
+
+@st.composite
+def records(draw: st.DrawFn) -> Record:
+    return Record(
+        sequence=draw(u32),
+        time=draw(u32),
+        log_reason=draw(u8),
+        fields=tuple(draw(st.lists(fields, max_size=6))),
+    )
