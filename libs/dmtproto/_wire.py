@@ -177,8 +177,13 @@ class FrameReader:
         end = pos + HEADER_SIZE + length
         if len(self._buf) < end:
             return None
-        self._pos = end
-        return Frame(message_type, bytes(self._buf[pos:end]))
+        frame = Frame(message_type, bytes(self._buf[pos:end]))
+        if end == len(self._buf):  # all consumed: free the buffer of an idle connection
+            self._buf.clear()
+            self._pos = 0
+        else:
+            self._pos = end
+        return frame
 
     def _bad_sync(self) -> None:
         head = bytes(self._buf[self._pos : self._pos + 2])

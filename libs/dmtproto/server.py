@@ -15,7 +15,6 @@ allowed in the current state is a :class:`RemoteProtocolError` naming both.
 from __future__ import annotations
 
 import struct
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -157,7 +156,6 @@ class ServerConnection:
 
     __slots__ = (
         "_commits",
-        "_handlers",
         "_last_activity",
         "_out",
         "_reader",
@@ -184,19 +182,7 @@ class ServerConnection:
         self._out = bytearray()
         self._started = self._last_activity = now
         self._unix_offset = unix_time - now
-        self._commits: deque[int] = deque()  # records covered by each unanswered request
-        self._handlers: dict[MessageType | OtherMessage, Callable[[Frame, list[Event]], None]]
-        self._handlers = {
-            M.HELLO: self._on_hello,
-            M.DATA_RECORDS: self._on_data_records,
-            M.FIXED_RECORDS: self._on_fixed_records,
-            M.COMMIT_REQUEST: self._on_commit_request,
-            M.VERSION_DATA: self._on_version_data,
-            M.ASYNC_SESSION_REQUEST: self._on_async_session,
-            M.TIME_REQUEST: self._on_time_request,
-            M.SOCKET_CLOSURE: self._on_socket_closure,
-            OtherMessage.ANY: self._on_other,
-        }
+        self._commits: list[int] = []  # records covered by each unanswered request
 
     # Public API -------------------------------------------------------------------------
 
@@ -227,7 +213,7 @@ class ServerConnection:
             while not self._closed() and (frame := self._reader.next_frame()):
                 trigger = _TRIGGERS[frame.type]
                 allowed = self._input(trigger, frame.type)
-                self._handlers[trigger](frame, events)
+                _HANDLERS[trigger](self, frame, events)
                 assert self.state in allowed, (trigger, self.state)
         except FrameError as exc:
             state = self.state_name
@@ -302,7 +288,7 @@ class ServerConnection:
         if self.state in (S.CLOSED, S.ERROR):
             return False
         self._input(LocalInput.COMMIT)
-        self.committed = self._commits.popleft()
+        self.committed = self._commits.pop(0)
         self._out += COMMIT_REPLY
         self.state = S.COMMITTING if self._commits else S.READY
         return True
@@ -458,3 +444,18 @@ class ServerConnection:
                 message_type=frame.type,
             )
         events.append(MessageIgnored(message_type=frame.type, length=len(frame.raw) - 5))
+
+
+#: What each message does; one table for all connections (it costs no memory per session).
+_HANDLERS: dict[MessageType | OtherMessage, Callable[[ServerConnection, Frame, list[Event]], None]]
+_HANDLERS = {
+    M.HELLO: ServerConnection._on_hello,
+    M.DATA_RECORDS: ServerConnection._on_data_records,
+    M.FIXED_RECORDS: ServerConnection._on_fixed_records,
+    M.COMMIT_REQUEST: ServerConnection._on_commit_request,
+    M.VERSION_DATA: ServerConnection._on_version_data,
+    M.ASYNC_SESSION_REQUEST: ServerConnection._on_async_session,
+    M.TIME_REQUEST: ServerConnection._on_time_request,
+    M.SOCKET_CLOSURE: ServerConnection._on_socket_closure,
+    OtherMessage.ANY: ServerConnection._on_other,
+}
