@@ -60,6 +60,8 @@ class DeviceHello(Protocol):
     @property
     def product_id(self) -> int: ...
     @property
+    def product(self) -> str | None: ...
+    @property
     def hardware_revision(self) -> int: ...
     @property
     def firmware(self) -> str: ...
@@ -70,6 +72,7 @@ def _identity(hello: DeviceHello) -> _Data:
         "imei": hello.imei,
         "serial": hello.serial,
         "product_id": hello.product_id,
+        "product": hello.product,
         "hardware_revision": hello.hardware_revision,
         "firmware": hello.firmware,
         "iccid": hello.iccid or None,

@@ -76,6 +76,7 @@ class DeviceIdentity(_Model):
     imei: str = Field(description="digits, as a string")
     serial: int | None = Field(None, description="the manufacturer's serial number")
     product_id: int | None = Field(None, description="the manufacturer's product code")
+    product: str | None = Field(None, description="the product's name where known")
     hardware_revision: int | None = None
     firmware: str | None = Field(None, description='e.g. "1.9"')
     iccid: str | None = Field(None, description="the SIM card's ICCID")
@@ -170,6 +171,7 @@ class DeviceStatus(_Model):
     last_connection: LastConnection | None = None
     serial: int | None = None
     product_id: int | None = None
+    product: str | None = Field(None, description="the product's name where known")
     hardware_revision: int | None = None
     firmware: str | None = None
     iccid: str | None = None

@@ -17,6 +17,7 @@ __all__ = [
     "EPOCH_2013",
     "HEADER_SIZE",
     "HELLO_SIZE",
+    "PRODUCT_NAMES",
     "SYNC",
     "Frame",
     "FrameError",
@@ -42,6 +43,11 @@ COMMIT_OK = 1
 #: Hello payload: serial u32, IMEI char[16], ICCID char[21], product, hw rev, fw major, fw minor,
 #: flags u32. Some devices send 2 more bytes (51 in all); their meaning is not public.
 HELLO_SIZE = 49
+
+#: Product ids seen with their names: 34 in Traccar's capture, whose debug text reads
+#: "RESET Dart 34.2.1.9" (product.hardware.firmware), 89 in a G70's OEM Server sample
+#: (FW "89.1.1.3"). Digital Matter's full list is not public.
+PRODUCT_NAMES: dict[int, str] = {34: "Dart", 89: "G70"}
 
 _HEADER = struct.Struct("<2sBH")
 _HELLO = struct.Struct("<I16s21sBBBBI")
@@ -213,6 +219,11 @@ class Hello:
     @property
     def firmware(self) -> str:
         return f"{self.firmware_major}.{self.firmware_minor}"
+
+    @property
+    def product(self) -> str | None:
+        """The product's name where known (:data:`PRODUCT_NAMES`)."""
+        return PRODUCT_NAMES.get(self.product_id)
 
 
 def _cstring(raw: bytes) -> str:

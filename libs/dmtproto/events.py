@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ._wire import MessageType, from_dm_time
+from ._wire import PRODUCT_NAMES, MessageType, from_dm_time
 from .records import FixedRecord, Record
 
 __all__ = [
@@ -55,6 +55,11 @@ class HelloReceived(Event):
     @property
     def firmware(self) -> str:
         return f"{self.firmware_major}.{self.firmware_minor}"
+
+    @property
+    def product(self) -> str | None:
+        """The product's name where known (:data:`dmtproto.PRODUCT_NAMES`)."""
+        return PRODUCT_NAMES.get(self.product_id)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

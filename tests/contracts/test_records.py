@@ -72,8 +72,8 @@ def test_vector_record_maps_to_the_contract() -> None:
     value = telemetry_record(first, hello, session_id="s1", ingestor="i1", received_at=AT)
     assert value.protocol == PROTOCOL == "dmt"
     assert value.device == DeviceIdentity(
-        imei=IMEI, serial=129336, product_id=34, hardware_revision=2, firmware="1.9",
-        iccid="89610185001824844630",
+        imei=IMEI, serial=129336, product_id=34, product="Dart", hardware_revision=2,
+        firmware="1.9", iccid="89610185001824844630",
     )  # fmt: skip
     assert value.sequence == 565
     assert value.device_time == datetime(2021, 2, 5, 5, 51, 55, tzinfo=UTC)
@@ -212,6 +212,7 @@ def test_registry_folds_sessions_and_records() -> None:
     )
     status = apply_session(None, IMEI, connection, device_identity(hello))
     assert status.protocols == ["dmt"] and status.firmware == "1.9" and status.serial == 129336
+    assert (status.product_id, status.product) == (34, "Dart")
     assert status.last_seen == AT and status.battery_voltage is None
 
     later = AT + timedelta(seconds=2)

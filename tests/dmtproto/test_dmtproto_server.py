@@ -135,7 +135,7 @@ def test_hello_event_carries_identity_and_raw_message() -> None:
         extra=h("abcd"),
         raw=HELLO_51,
     )
-    assert hello.firmware == "1.9"
+    assert hello.firmware == "1.9" and hello.product == "Dart"
 
 
 def test_hello_response_tells_the_time_passed_in() -> None:

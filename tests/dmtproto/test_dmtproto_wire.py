@@ -3,6 +3,7 @@ trailing data); limits checked as soon as the header is in."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -131,6 +132,9 @@ def test_hello_decodes_the_vector() -> None:
     hello = decode_hello(VECTOR_HELLO[5:])
     assert hello == HELLO
     assert hello.firmware == "1.9"
+    assert hello.product == "Dart"
+    assert replace(hello, product_id=89).product == "G70"
+    assert replace(hello, product_id=200).product is None
     assert encode_hello(hello) == VECTOR_HELLO
 
 
