@@ -143,3 +143,45 @@ def test_pair_delivers_every_record_exactly_once_per_connection(
     assert [e.record for e in pair.events_of(RecordReceived)] == sent
     assert device.pending == [] and device.committed == count
     assert sum(e.new_records for e in pair.events_of(CommitRequested)) == count
+
+
+@FAST
+@given(
+    st.integers(1, 40),
+    st.integers(1, 12),
+    st.lists(st.tuples(st.integers(0, 8), st.booleans()), min_size=1, max_size=6),
+    st.integers(0, 2**32 - 1),
+)
+def test_nothing_is_lost_or_dropped_early_across_failing_connections(
+    count: int, per_commit: int, connections: list[tuple[int, bool]], seed: int
+) -> None:
+    """Each connection may drop after any number of steps, with the service committing or not
+    (Kafka down). The device drops only records a server committed (and received), keeps the
+    rest in order, and a last healthy connection delivers everything."""
+    device = sample_device(count)
+    logged = list(device.pending)
+    committed: set[int] = set()  # sequence numbers a server committed
+    rng = random.Random(seed)
+    for steps, kafka_up in [*connections, (100_000, True)]:
+        pair = DevicePair(
+            device,
+            records_per_message=3,
+            records_per_commit=per_commit,
+            auto_commit=False,
+            up=random_cuts(rng, 40),
+        )
+        for _ in range(steps):
+            moved = pair.step()
+            received = [e.record.sequence for e in pair.events_of(RecordReceived)]
+            while kafka_up and pair.server.state is S.COMMITTING:
+                before = pair.server.committed
+                pair.server.commit()
+                committed.update(received[before : pair.server.committed])
+            if not moved:
+                break
+        pair.disconnect()
+        dropped = logged[: len(logged) - len(device.pending)]
+        assert device.pending == logged[len(dropped) :]  # the rest, in order
+        assert {r.sequence for r in dropped} <= committed  # nothing dropped early
+        assert device.committed == len(dropped)
+    assert device.pending == [] and device.committed == count
