@@ -64,17 +64,18 @@ lint: .venv ## Lint (ruff check + ruff format --check)
 	$(BIN)/ruff format --check .
 
 .PHONY: typecheck
-typecheck: .venv ## Type-check (mypy --strict on libs/camproto, mypy on everything)
+typecheck: .venv ## Type-check (mypy --strict on the protocol cores, mypy on everything)
 	$(BIN)/mypy --strict libs/camproto
+	$(BIN)/mypy --strict libs/dmtproto
 	$(BIN)/mypy libs services tests
 
 .PHONY: test
-test: .venv lint typecheck ## Lint, type-check, then run the test suite (camproto >= 95% branch coverage)
-	$(BIN)/pytest --cov=camproto --cov-branch --cov-report=term --cov-fail-under=95
+test: .venv lint typecheck ## Lint, type-check, then run the test suite (protocol cores >= 95% branch coverage)
+	$(BIN)/pytest --cov=camproto --cov=dmtproto --cov-branch --cov-report=term --cov-fail-under=95
 
 .PHONY: cov
 cov: .venv ## Run the test suite with branch coverage (HTML in htmlcov/)
-	$(BIN)/pytest --cov=camproto --cov=contracts --cov=fleetgate --cov=simulator --cov-report=term --cov-report=html
+	$(BIN)/pytest --cov=camproto --cov=dmtproto --cov=contracts --cov=fleetgate --cov=simulator --cov-report=term --cov-report=html
 
 .PHONY: bench
 bench: .venv ## Run the benchmarks (tests/bench/run.py)

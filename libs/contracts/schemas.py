@@ -19,6 +19,7 @@ from .models import (
     TransferStart,
     WebhookBody,
 )
+from .records import DeviceStatus, TelemetryRecord
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
@@ -38,6 +39,8 @@ SCHEMAS: dict[str, tuple[Any, str]] = {
         "fleetgate.connector.deadletter.v1 value",
     ),
     "fleetgate.connector.replays.v1.json": (ReplayOutcome, "fleetgate.connector.replays.v1 value"),
+    "fleetgate.records.v1.json": (TelemetryRecord, "fleetgate.records.v1 value"),
+    "fleetgate.devices.v1.json": (DeviceStatus, "fleetgate.devices.v1 value"),
 }
 
 

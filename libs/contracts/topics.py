@@ -54,6 +54,15 @@ class Topic(StrEnum):
     #: What ``fleetgate connector replay`` delivered or not, JSON
     #: (:class:`contracts.models.ReplayOutcome`), key = endpoint name.
     REPLAYS = "fleetgate.connector.replays.v1"
+    #: Decoded telemetry records of every telemetry protocol, JSON
+    #: (:class:`contracts.records.TelemetryRecord`), key = IMEI.
+    RECORDS = "fleetgate.records.v1"
+    #: Digital Matter messages exactly as the device sent them (HELLO, and each record as a
+    #: complete message), key = IMEI; headers :class:`contracts.records.RawHeader`.
+    DMT_RAW = "fleetgate.dmt.raw.v1"
+    #: The device registry, JSON (:class:`contracts.records.DeviceStatus`), key = IMEI;
+    #: compacted (:data:`TOPIC_CONFIGS`).
+    DEVICES = "fleetgate.devices.v1"
 
 
 class RecordKind(StrEnum):
@@ -86,9 +95,11 @@ CHUNK_HEADERS = tuple(ChunkHeader)
 
 #: Topic configuration that is part of the contract (create the topics with it). The progress
 #: topic needs only each transfer's latest record: compacted, and deleted after 7 days (a
-#: transfer left longer than the chunk topic's retention cannot be resumed anyway).
+#: transfer left longer than the chunk topic's retention cannot be resumed anyway). The device
+#: registry keeps each device's latest status for as long as the device exists: compacted.
 TOPIC_CONFIGS: dict[str, dict[str, str]] = {
     Topic.PROGRESS: {"cleanup.policy": "compact,delete", "retention.ms": str(7 * 24 * 3600 * 1000)},
+    Topic.DEVICES: {"cleanup.policy": "compact"},
 }
 
 

@@ -1,4 +1,6 @@
-"""`make bench`: protocol-core figures (CRC throughput, in-memory transfer through the pair).
+"""`make bench`: protocol-core figures (CRC throughput, in-memory camera transfer through the
+pair; Digital Matter records through the device/server pair, decode alone, mapping to the
+records contract, memory per session).
 
 Prints one table; ``--json`` prints the same figures as JSON. Timings are best of ``--repeat``
 runs on this machine; they are figures to report, not pass/fail checks.
@@ -13,6 +15,7 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from camproto import (
     DATA_CHUNK,
@@ -25,16 +28,33 @@ from camproto import (
     TransferComplete,
     crc16,
 )
+from contracts.dmt import telemetry_record, telemetry_record_json
+from dmtproto import (
+    Analogue16,
+    Analogue16Field,
+    CommitRequested,
+    DigitalField,
+    DmtDevice,
+    GpsField,
+    Hello,
+    MessageType,
+    RecordReceived,
+    encode,
+    encode_hello,
+)
+from dmtproto import ServerConnection as DmtServer
 
 MB = 1e6
 
 
-def best(run: Callable[[], None], repeat: int) -> float:
+def best(
+    run: Callable[[], None], repeat: int, clock: Callable[[], float] = time.perf_counter
+) -> float:
     times = []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = clock()
         run()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return min(times)
 
 
@@ -86,17 +106,142 @@ def bench_transfer(repeat: int, size: int) -> dict[str, float]:
     return figures
 
 
+DMT_HELLO = Hello(
+    serial=129336,
+    imei="353323081669730",
+    iccid="89610185001824844630",
+    product_id=34,
+    hardware_revision=2,
+    firmware_major=1,
+    firmware_minor=9,
+)
+DMT_HELLO_REPLY = encode(MessageType.HELLO_RESPONSE, bytes(8))
+
+
+def dmt_device(records: int) -> DmtDevice:
+    """A tracker holding ``records`` typical records (GPS, digital I/O, 5 analogues: 61 bytes)."""
+    device = DmtDevice(DMT_HELLO)
+    for i in range(records):
+        device.log(
+            time=400_000_000 + i,
+            log_reason=3,
+            fields=(
+                GpsField(
+                    gps_time=400_000_000 + i, latitude_e7=554574140 + i, longitude_e7=99343941,
+                    altitude_m=30, speed_cm_s=2330, speed_accuracy=1, heading_2deg=148,
+                    pdop_tenths=12, position_accuracy_m=7, status=3,
+                ),
+                DigitalField(inputs=3, outputs=0, status=3),
+                Analogue16Field(
+                    values=tuple(Analogue16(a, v) for a, v in ((1, 4125), (3, 2112), (4, 24),
+                                                               (5, 4072), (6, 7214)))
+                ),
+            ),
+        )  # fmt: skip
+    return device
+
+
+def dmt_session(device: DmtDevice, per_message: int, per_commit: int) -> int:
+    """One connection uploading everything the device holds; returns the records received."""
+    conn = device.connect(records_per_message=per_message, records_per_commit=per_commit)
+    server = DmtServer(now=0.0, unix_time=1.8e9)
+    received = 0
+    while not conn.finished:
+        for event in server.receive_data(conn.data_to_send(), 0.0):
+            if isinstance(event, RecordReceived):
+                received += 1
+            elif isinstance(event, CommitRequested):
+                server.commit()
+        conn.receive_data(server.data_to_send())
+    return received
+
+
+def bench_dmt(repeat: int, records: int) -> dict[str, float]:
+    figures: dict[str, float] = {}
+    for per_message, per_commit, label in ((16, 256, "16_per_msg"), (1, 32, "1_per_msg")):
+
+        def pair(m: int = per_message, c: int = per_commit) -> None:
+            if dmt_session(dmt_device(records), m, c) != records:
+                raise SystemExit("dmt pair lost records")
+
+        figures[f"dmt_pair_{label}_records_per_s"] = records / best(pair, repeat)
+
+    # Decode alone: the server fed a captured byte stream (what one ingestor session does).
+    device = dmt_device(records)
+    conn = device.connect(records_per_message=16, records_per_commit=records)
+    conn.receive_data(DMT_HELLO_REPLY)
+    stream = conn.data_to_send()  # HELLO, the records in 0x04 messages, COMMIT
+    decoded: list[RecordReceived] = []
+
+    reads = [stream[i : i + 64 * 1024] for i in range(0, len(stream), 64 * 1024)]
+
+    def decode() -> None:  # in 64 KiB reads, as a socket delivers them
+        server = DmtServer(now=0.0, unix_time=1.8e9)
+        decoded.clear()
+        for read in reads:
+            events = server.receive_data(read, 0.0)
+            decoded.extend(e for e in events if isinstance(e, RecordReceived))
+
+    figures["dmt_server_decode_records_per_s"] = records / best(decode, repeat)
+    # The same in CPU time: what one core can do when other processes share the machine.
+    figures["dmt_server_decode_records_per_cpu_s"] = records / best(
+        decode, repeat, time.process_time
+    )
+    figures["dmt_stream_bytes_per_record"] = len(stream) / records
+
+    def encode_all() -> None:
+        dmt_device(records).connect(records_per_commit=records).receive_data(DMT_HELLO_REPLY)
+
+    figures["dmt_device_log_and_encode_records_per_s"] = records / best(encode_all, repeat)
+
+    at = datetime.now(UTC)
+
+    def to_contract() -> None:
+        for event in decoded:
+            telemetry_record(event.record, DMT_HELLO, session_id="s", ingestor="i", received_at=at)
+
+    def to_json() -> None:
+        for event in decoded:
+            telemetry_record_json(
+                event.record, DMT_HELLO, session_id="s", ingestor="i", received_at=at
+            )
+
+    figures["dmt_to_records_v1_model_per_s"] = records / best(to_contract, repeat)
+    figures["dmt_to_records_v1_json_per_s"] = records / best(to_json, repeat)
+    figures["dmt_to_records_v1_json_per_cpu_s"] = records / best(to_json, repeat, time.process_time)
+
+    # Memory held by idle server sessions after HELLO (the protocol core's share only).
+    sessions = 2000
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    held = []
+    for _ in range(sessions):
+        server = DmtServer(now=0.0, unix_time=1.8e9)
+        server.receive_data(encode_hello(DMT_HELLO), 0.0)
+        server.data_to_send()
+        held.append(server)
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    figures["dmt_server_session_bytes"] = (after - before) / sessions
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--video-bytes", type=int, default=6 * 1000 * 1000)
+    parser.add_argument("--dmt-records", type=int, default=20_000)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    figures = bench_crc(args.repeat) | bench_transfer(args.repeat, args.video_bytes)
+    figures = (
+        bench_crc(args.repeat)
+        | bench_transfer(args.repeat, args.video_bytes)
+        | bench_dmt(args.repeat, args.dmt_records)
+    )
     if args.json:
         print(json.dumps({k: round(v, 1) for k, v in figures.items()}, indent=2))
     else:
-        print(f"camproto benchmarks (python {sys.version.split()[0]}, best of {args.repeat})")
+        print(f"protocol-core benchmarks (python {sys.version.split()[0]}, best of {args.repeat})")
         for name, value in figures.items():
             print(f"  {name:<40} {value:>10.1f}")
     return 0

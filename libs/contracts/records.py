@@ -1,0 +1,246 @@
+"""Telemetry records and the device registry: ``fleetgate.records.v1``, ``fleetgate.devices.v1``.
+
+Every telemetry protocol publishes the same :class:`TelemetryRecord` (key = IMEI) on
+``fleetgate.records.v1``, and the message exactly as the device sent it on its own raw topic
+(``fleetgate.dmt.raw.v1`` for Digital Matter; key = IMEI; value = the raw bytes; headers
+:class:`RawHeader`), so any record can be decoded again later.
+
+A device sends a record again when it did not get the commit for it (a connection lost, a
+Kafka outage): the same IMEI, sequence number and device time, hence the same
+:func:`record_id`. Consumers de-duplicate on ``record_id``.
+
+``fleetgate.devices.v1`` is compacted, key = IMEI: the latest :class:`DeviceStatus` of each
+device (identity, last connection, last power, temperature, signal and position), folded from
+sessions and records by :func:`apply_session` and :func:`apply_record`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "DebugText",
+    "DeviceIdentity",
+    "DeviceStatus",
+    "LastConnection",
+    "LogReason",
+    "Measurement",
+    "Position",
+    "RawHeader",
+    "TelemetryRecord",
+    "UnknownField",
+    "apply_record",
+    "apply_session",
+    "record_id",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class RawHeader(StrEnum):
+    """Kafka headers on raw per-protocol records (``fleetgate.dmt.raw.v1``; ASCII values)."""
+
+    #: The :func:`record_id` of the record the message carries (absent for a HELLO).
+    RECORD_ID = "fg-record-id"
+    #: The session that received it.
+    SESSION = "fg-session"
+    #: The ingestor instance.
+    INGESTOR = "fg-ingestor"
+    #: When the ingestor received it, unix milliseconds.
+    RECEIVED_AT = "fg-received-at"
+    #: The protocol's message type, decimal (DMT: 0 hello, 4 data records, 16 fixed records).
+    MESSAGE_TYPE = "fg-message-type"
+
+
+def record_id(protocol: str, imei: str, sequence: int, device_time: datetime | None) -> str:
+    """The stable id of a record: the same for every resend of it, from any ingestor.
+
+    Sequence numbers wrap and restart after a factory reset; the device time tells those
+    apart (it is part of the record the device stored, so a resend carries the same).
+    """
+    when = "-" if device_time is None else str(int(device_time.timestamp()))
+    key = f"{protocol}|{imei}|{sequence}|{when}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+class DeviceIdentity(_Model):
+    """Who the device says it is (DMT: its HELLO)."""
+
+    imei: str = Field(description="digits, as a string")
+    serial: int | None = Field(None, description="the manufacturer's serial number")
+    product_id: int | None = Field(None, description="the manufacturer's product code")
+    product: str | None = Field(None, description="the product's name where known")
+    hardware_revision: int | None = None
+    firmware: str | None = Field(None, description='e.g. "1.9"')
+    iccid: str | None = Field(None, description="the SIM card's ICCID")
+
+
+class LogReason(_Model):
+    code: int = Field(description="the protocol's reason code")
+    name: str | None = Field(None, description="e.g. start_of_trip, heartbeat; None if unknown")
+
+
+class Position(_Model):
+    latitude: float = Field(description="degrees, WGS 84")
+    longitude: float = Field(description="degrees, WGS 84")
+    altitude_m: float | None = None
+    speed_m_s: float | None = Field(None, description="ground speed in m/s")
+    heading_deg: float | None = Field(None, description="0-360, clockwise from north")
+    accuracy_m: float | None = Field(None, description="estimated position accuracy")
+    pdop: float | None = None
+    fix_time: datetime | None = Field(None, description="when the GNSS fix was taken")
+    valid: bool = Field(description="the device considers the fix valid")
+
+
+class Measurement(_Model):
+    """An analogue value or counter, scaled where its meaning is known."""
+
+    id: int | None = Field(None, description="the protocol's id of the value")
+    name: str = Field(description="e.g. battery_voltage, odometer; analogue_<id> if unknown")
+    value: float
+    unit: str | None = Field(None, description="V, °C, %, CSQ, m, s; None if not known")
+    raw: int | None = Field(None, description="the value as sent")
+
+
+class DebugText(_Model):
+    code: int
+    text: str
+
+
+class UnknownField(_Model):
+    """A field not decoded (unknown id, or a layout that did not fit), as sent."""
+
+    id: int
+    data_hex: str
+    problem: str | None = None
+
+
+class TelemetryRecord(_Model):
+    """``fleetgate.records.v1`` (key = IMEI): one record of a telemetry device, decoded."""
+
+    schema_: Literal["record.v1"] = Field("record.v1", alias="schema")
+    record_id: str = Field(description="stable across resends: use it to de-duplicate")
+    protocol: str = Field(description="source protocol: dmt, ...")
+    session_id: str = Field(description="the session that received it")
+    ingestor: str = Field(description="the ingestor instance")
+    device: DeviceIdentity
+    sequence: int = Field(description="the device's sequence number of the record")
+    device_time: datetime | None = Field(None, description="None while the clock is not set")
+    received_at: datetime
+    log_reason: LogReason
+    position: Position | None = None
+    ignition: bool | None = None
+    inputs: int | None = Field(None, description="digital input bits")
+    outputs: int | None = Field(None, description="digital output bits")
+    status: int | None = Field(None, description="device status bits")
+    driver_id: str | None = None
+    trip_type: int | None = None
+    trip_trim: int | None = None
+    analogues: list[Measurement] = Field(default_factory=list)
+    counters: list[Measurement] = Field(
+        default_factory=list, description="odometer, run hours, trip distance and duration"
+    )
+    debug: list[DebugText] = Field(default_factory=list)
+    unknown_fields: list[UnknownField] = Field(default_factory=list)
+
+
+class LastConnection(_Model):
+    session_id: str
+    ingestor: str
+    protocol: str
+    peer: str | None = None
+    connected_at: datetime
+
+
+class DeviceStatus(_Model):
+    """``fleetgate.devices.v1`` (compacted, key = IMEI): what fleetgate last knew of a device.
+
+    Cameras appear too (protocol ``camera``), with what their sessions tell."""
+
+    schema_: Literal["device.v1"] = Field("device.v1", alias="schema")
+    imei: str
+    protocols: list[str] = Field(description="protocols the device was seen with")
+    last_seen: datetime = Field(description="last session start or record received")
+    last_connection: LastConnection | None = None
+    serial: int | None = None
+    product_id: int | None = None
+    product: str | None = Field(None, description="the product's name where known")
+    hardware_revision: int | None = None
+    firmware: str | None = None
+    iccid: str | None = None
+    battery_voltage: float | None = Field(None, description="V, from the last record with it")
+    supply_voltage: float | None = Field(None, description="V, external power")
+    temperature_c: float | None = None
+    signal: float | None = Field(None, description="signal strength (DMT: GSM CSQ 0-31)")
+    last_position: Position | None = Field(None, description="the last valid position")
+    last_record_id: str | None = None
+    last_record_time: datetime | None = Field(None, description="device time of that record")
+    updated_at: datetime
+
+
+def _protocols(previous: DeviceStatus | None, protocol: str) -> list[str]:
+    known = [] if previous is None else list(previous.protocols)
+    return known if protocol in known else [*known, protocol]
+
+
+def apply_session(
+    previous: DeviceStatus | None,
+    imei: str,
+    connection: LastConnection,
+    identity: DeviceIdentity | None = None,
+) -> DeviceStatus:
+    """The registry entry after a session started (with the identity the device sent)."""
+    base = previous.model_dump() if previous is not None else {}
+    update = {
+        "imei": imei,
+        "protocols": _protocols(previous, connection.protocol),
+        "last_seen": connection.connected_at,
+        "last_connection": connection,
+        "updated_at": connection.connected_at,
+    }
+    if identity is not None:
+        update |= identity.model_dump(exclude={"imei"}, exclude_none=True)
+    return DeviceStatus.model_validate(base | update)
+
+
+_MEASURED = {
+    "battery_voltage": "battery_voltage",
+    "supply_voltage": "supply_voltage",
+    "temperature": "temperature_c",
+    "signal_strength": "signal",
+}
+
+
+def apply_record(previous: DeviceStatus | None, record: TelemetryRecord) -> DeviceStatus:
+    """The registry entry after a record: identity, power, temperature, signal, position.
+
+    Records can arrive out of order (a resend of old records): a record older (by device
+    time) than the last one applied only refreshes ``last_seen``.
+    """
+    base = previous.model_dump() if previous is not None else {}
+    update: dict[str, object] = {
+        "imei": record.device.imei,
+        "protocols": _protocols(previous, record.protocol),
+        "last_seen": max(record.received_at, previous.last_seen)
+        if previous is not None
+        else record.received_at,
+        "updated_at": record.received_at,
+    }
+    last = previous.last_record_time if previous is not None else None
+    newer = last is None or record.device_time is None or record.device_time >= last
+    if newer:
+        update |= record.device.model_dump(exclude={"imei"}, exclude_none=True)
+        update |= {"last_record_id": record.record_id, "last_record_time": record.device_time}
+        for measurement in record.analogues:
+            if measurement.name in _MEASURED:
+                update[_MEASURED[measurement.name]] = measurement.value
+        if record.position is not None and record.position.valid:
+            update["last_position"] = record.position
+    return DeviceStatus.model_validate(base | update)
