@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import REGISTRY
 from pydantic_settings import SettingsConfigDict
 
+from devstack.infra import create_topics
 from ingestor.adapter import Link, PeerError, Protocol, Session
 from ingestor.camera import CameraProtocol
 from ingestor.server import Ingestor
@@ -22,6 +23,9 @@ from ingestor.settings import IngestorSettings, ListenerSettings
 from ingestor.sink import KafkaSink
 from simulator import ContentSpec, SimulationConfig, simulate
 from tests.ingestor.ingestor_helpers import settings
+
+#: Created before use: a topic the broker would auto-create may stall the producer meanwhile.
+TOY_TOPIC = "fleetgate.test.toy.v1"
 
 
 class ToySettings(ListenerSettings):
@@ -61,7 +65,7 @@ class ToySession(Session):
             if verb == b"HELLO" and not self.identified:
                 self.link.identify(rest.decode())
             elif verb == b"REC" and self.identified:
-                await self.link.ledger.publish("toy.records", b"k", rest)
+                await self.link.ledger.publish(TOY_TOPIC, b"k", rest)
                 self._records += 1
             elif verb == b"COMMIT" and self.identified:
                 await self.link.ledger.barrier()
@@ -141,7 +145,7 @@ async def test_commit_is_answered_only_after_kafka_acknowledged() -> None:
         await writer.drain()
         with pytest.raises(TimeoutError):  # held: both records wait for Kafka
             await asyncio.wait_for(reader.readline(), 0.3)
-        assert sink.records == [("toy.records", b"a"), ("toy.records", b"b")]
+        assert sink.records == [(TOY_TOPIC, b"a"), (TOY_TOPIC, b"b")]
         sink.release()
         assert await _line(reader) == b"OK 2\n"
         writer.write(b"BYE\n")
@@ -232,6 +236,7 @@ async def test_a_failed_record_closes_the_session_with_kafka_error() -> None:
 async def test_two_protocols_side_by_side(kafka: str) -> None:
     """A camera fleet uploads on the camera listener while the toy protocol commits on its
     own, one process, one producer."""
+    await create_topics(kafka, extra=[TOY_TOPIC])
     config = settings(kafka)
     sink = KafkaSink(config.ingestor)
     await sink.producer.start()
