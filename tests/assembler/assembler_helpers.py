@@ -1,7 +1,7 @@
 """Hand-made ``fleetgate.camera.chunks.v1`` records, and the assembler as a child process.
 
 :func:`chunk_records` cuts a file into chunk records the way the ingestor does
-(``services/ingestor/session.py``): 1024-byte packets, chained CRC-16, coalesced into records
+(``services/ingestor/camera/session.py``): 1024-byte packets, chained CRC-16, coalesced into records
 of at most 64 KiB, each with fg-offset, fg-crc-init, fg-crc, fg-file-crc and fg-origin.
 """
 
