@@ -3,13 +3,17 @@ per-protocol settings that cannot collide."""
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 from pydantic_settings import BaseSettings
 
 from assembler.settings import AssemblerSettings
 from connector.settings import ConnectorSettings
+from ingestor import cli
 from ingestor.protocols import PROTOCOLS
 from ingestor.settings import IngestorSettings
+from runtime.cli import settings_from_args
 from runtime.settings import split_s3_endpoint, split_s3_url
 
 
@@ -56,3 +60,15 @@ def test_each_protocol_reads_its_own_variables(monkeypatch: pytest.MonkeyPatch) 
     assert (camera.port, camera.idle_timeout_seconds, camera.enabled) == (6000, 7.0, False)
     assert camera.max_connections == 0  # FLEETGATE_MAX_CONNECTIONS is the process's
     assert IngestorSettings().max_connections == 9
+
+
+def test_protocol_options_on_the_command_line() -> None:
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(
+        ["--max-connections", "5", "--camera-port", "6001", "--no-camera-enabled"]
+    )
+    camera = settings_from_args(PROTOCOLS["camera"].settings_class, args, prefix="camera_")
+    assert (camera.port, camera.enabled, camera.max_connections) == (6001, False, 0)
+    assert settings_from_args(IngestorSettings, args).max_connections == 5
+    assert "FLEETGATE_CAMERA_IDLE_TIMEOUT_SECONDS" in parser.format_help().replace("\n", " ")
