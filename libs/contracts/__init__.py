@@ -4,6 +4,7 @@ JSON Schemas generated from these models live in ``libs/contracts/schemas``
 (``python -m contracts.schemas --write``); a test fails when they drift.
 """
 
+from .chunks import ChunkHeaderError, ChunkMeta
 from .models import (
     CaptureInfo,
     DeadLetter,
@@ -39,6 +40,8 @@ __all__ = [
     "TOPIC_CONFIGS",
     "CaptureInfo",
     "ChunkHeader",
+    "ChunkHeaderError",
+    "ChunkMeta",
     "DeadLetter",
     "FileEvent",
     "FileFailed",

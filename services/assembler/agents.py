@@ -179,7 +179,7 @@ class Assembler:
 
         self.app.agent(topic, name="assembler.reassemble")(reassemble)
 
-        interval = max(1.0, min(60.0, self.settings.transfer_idle_timeout / 4))
+        interval = max(1.0, min(60.0, self.settings.transfer_idle_timeout_seconds / 4))
 
         async def expire() -> None:
             self.expire()
@@ -203,7 +203,7 @@ class Assembler:
 
     def expire(self) -> None:
         now = time.monotonic()
-        idle = self.settings.transfer_idle_timeout
+        idle = self.settings.transfer_idle_timeout_seconds
         for transfer in self.reassembler.expire(idle, now, keep=self.busy):
             metrics.expired.inc()
             _log.info(
@@ -482,7 +482,7 @@ class Assembler:
 
     async def _retry(self, what: str, errors: Any, operation: Callable[[], Awaitable[_T]]) -> _T:
         """Run ``operation`` until it succeeds, pausing longer after each failure."""
-        delay, attempt = min(0.2, self.settings.s3_retry_max), 0
+        delay, attempt = min(0.2, self.settings.s3_retry_max_seconds), 0
         while True:
             try:
                 return await operation()
@@ -499,7 +499,7 @@ class Assembler:
                     error=repr(exc),
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.s3_retry_max)
+                delay = min(delay * 2, self.settings.s3_retry_max_seconds)
 
     async def close(self) -> None:
         await self.drain(0)

@@ -39,10 +39,10 @@ def create_app(settings: AssemblerSettings, datadir: Path) -> faust.App:
         autodiscover=False,
         key_serializer="raw",
         value_serializer="raw",
-        broker_session_timeout=settings.broker_session_timeout,
-        broker_heartbeat_interval=settings.broker_heartbeat_interval,
-        broker_rebalance_timeout=settings.broker_rebalance_timeout,
-        broker_commit_interval=settings.broker_commit_interval,
+        broker_session_timeout=settings.broker_session_timeout_seconds,
+        broker_heartbeat_interval=settings.broker_heartbeat_interval_seconds,
+        broker_rebalance_timeout=settings.broker_rebalance_timeout_seconds,
+        broker_commit_interval=settings.broker_commit_interval_seconds,
         consumer_auto_offset_reset="earliest",
         consumer_max_fetch_size=settings.max_record_bytes,
         producer_acks=-1,
@@ -115,7 +115,7 @@ async def serve(settings: AssemblerSettings, stop: asyncio.Event) -> int:
     spool = prepare_spool(settings.spool_dir)
     store = ObjectStore(settings)
     try:
-        if not await _ensure_bucket(store, stop, settings.s3_retry_max):
+        if not await _ensure_bucket(store, stop, settings.s3_retry_max_seconds):
             return 0
         app = create_app(settings, spool / "faust")
         assembler = Assembler(
@@ -148,7 +148,7 @@ async def serve(settings: AssemblerSettings, stop: asyncio.Event) -> int:
             status = 1
             _log.error("assembler_start_failed", error=repr(exc))
         finally:
-            await assembler.drain(settings.drain_timeout)  # before faust commits and stops
+            await assembler.drain(settings.drain_timeout_seconds)  # before faust commits and stops
             await app.stop()
             await assembler.close()
         _log.info("assembler_stopped", status=status)

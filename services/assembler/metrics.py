@@ -41,7 +41,7 @@ device_crc_mismatches = Counter(
 )
 expired = Counter(
     "fleetgate_assembler_expired_transfers_total",
-    "Transfers dropped after transfer_idle_timeout without a record",
+    "Transfers dropped after transfer_idle_timeout_seconds without a record",
 )
 s3_upload_seconds = Histogram(
     "fleetgate_assembler_s3_upload_seconds",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 
-from runtime import CommonSettings
+from runtime import S3Settings
 
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's smallest multipart part (but the last)
 
@@ -16,16 +16,8 @@ def _default_spool() -> Path:
     return Path(tempfile.gettempdir()) / "fleetgate-assembler"
 
 
-class AssemblerSettings(CommonSettings):
-    s3_endpoint: str = Field(
-        "127.0.0.1:9000",
-        description="S3 endpoint, host:port or http(s)://host:port (https:// implies TLS)",
-    )
-    s3_access_key: str = Field("", description="S3 access key")
-    s3_secret_key: SecretStr = Field(SecretStr(""), description="S3 secret key")
+class AssemblerSettings(S3Settings):
     s3_bucket: str = Field("fleetgate", description="bucket for the files (created if missing)")
-    s3_region: str = Field("us-east-1", description="S3 region")
-    s3_secure: bool = Field(False, description="TLS to the S3 endpoint")
     s3_part_size: int = Field(
         8 * 1024 * 1024,
         ge=MIN_PART_SIZE,
@@ -35,8 +27,8 @@ class AssemblerSettings(CommonSettings):
     s3_concurrency: int = Field(
         4, ge=1, description="files stored in S3 at once (each holds up to 2 parts in memory)"
     )
-    s3_timeout: float = Field(30.0, description="seconds an S3 request may take")
-    s3_retry_max: float = Field(
+    s3_timeout_seconds: float = Field(30.0, description="seconds an S3 request may take")
+    s3_retry_max_seconds: float = Field(
         30.0, description="longest pause between retries while S3 (or Kafka) fails"
     )
     spool_dir: Path = Field(
@@ -44,7 +36,7 @@ class AssemblerSettings(CommonSettings):
         description="local directory for files being assembled (one file per transfer)",
     )
     app_id: str = Field("fleetgate-assembler", description="faust app id: the Kafka consumer group")
-    transfer_idle_timeout: float = Field(
+    transfer_idle_timeout_seconds: float = Field(
         3600.0,
         description="seconds a transfer in progress may see no record before its spool is "
         "dropped (a later record reads it again from Kafka)",
@@ -52,13 +44,15 @@ class AssemblerSettings(CommonSettings):
     remember_transfers: int = Field(
         100_000, description="finished transfer ids remembered to ignore their late records"
     )
-    drain_timeout: float = Field(
+    drain_timeout_seconds: float = Field(
         10.0, description="seconds SIGTERM lets uploads in progress finish"
     )
-    broker_session_timeout: float = Field(10.0, description="Kafka consumer session timeout (s)")
-    broker_heartbeat_interval: float = Field(1.0, description="Kafka heartbeat interval (s)")
-    broker_rebalance_timeout: float = Field(10.0, description="Kafka rebalance timeout (s)")
-    broker_commit_interval: float = Field(1.0, description="seconds between offset commits")
+    broker_session_timeout_seconds: float = Field(
+        10.0, description="Kafka consumer session timeout"
+    )
+    broker_heartbeat_interval_seconds: float = Field(1.0, description="Kafka heartbeat interval")
+    broker_rebalance_timeout_seconds: float = Field(10.0, description="Kafka rebalance timeout")
+    broker_commit_interval_seconds: float = Field(1.0, description="seconds between offset commits")
     stream_buffer: int = Field(
         1024,
         ge=16,
@@ -68,16 +62,3 @@ class AssemblerSettings(CommonSettings):
     max_record_bytes: int = Field(
         8 * 1024 * 1024, description="largest Kafka record fetched or produced"
     )
-
-    @property
-    def s3_host(self) -> str:
-        """The endpoint without scheme or path (minio takes host:port)."""
-        endpoint = self.s3_endpoint.strip()
-        for scheme in ("https://", "http://"):
-            if endpoint.lower().startswith(scheme):
-                endpoint = endpoint[len(scheme) :]
-        return endpoint.split("/", 1)[0]
-
-    @property
-    def s3_tls(self) -> bool:
-        return self.s3_secure or self.s3_endpoint.strip().lower().startswith("https://")

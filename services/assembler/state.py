@@ -29,7 +29,7 @@ import hashlib
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from camproto import crc16
-from contracts import ChunkHeader, RecordKind, TransferEnd, TransferStart, decode
+from contracts import ChunkHeaderError, ChunkMeta, RecordKind, TransferEnd, TransferStart, decode
+from contracts.chunks import Headers
 
 if TYPE_CHECKING:
     from _hashlib import HASH
@@ -69,9 +70,6 @@ class RecordError(ValueError):
     """A record that does not follow the contract (missing or unparsable header or value)."""
 
 
-Headers = Iterable[tuple[str, bytes]] | Mapping[str, bytes]
-
-
 @dataclass(frozen=True, slots=True)
 class Record:
     """One ``fleetgate.camera.chunks.v1`` record, headers parsed."""
@@ -93,55 +91,21 @@ class Record:
         offset: int,
     ) -> Record:  # fmt: skip
         """Read a record as Kafka delivered it; :class:`RecordError` if it breaks the contract."""
-        items = headers.items() if isinstance(headers, Mapping) else headers or ()
-        found: dict[str, str] = {}
-        for name, raw in items:
-            try:
-                found[name] = bytes(raw).decode("ascii")
-            except (UnicodeDecodeError, TypeError):
-                raise RecordError(f"header {name} is not ASCII") from None
         try:
-            transfer_id = (key or b"").decode("ascii")
-        except UnicodeDecodeError:
-            raise RecordError("record key is not ASCII") from None
-        if not transfer_id:
-            transfer_id = found.get(ChunkHeader.TRANSFER, "")
-        if not transfer_id:
-            raise RecordError("record has neither key nor fg-transfer header")
-        kind_text = found.get(ChunkHeader.KIND)
-        try:
-            kind = RecordKind(kind_text or "")
-        except ValueError:
-            raise RecordError(f"fg-kind is {kind_text!r}") from None
-
-        def number(header: ChunkHeader, *, required: bool = True) -> int | None:
-            text = found.get(header)
-            if text is None:
-                if required:
-                    raise RecordError(f"{kind} record without {header} header")
-                return None
-            try:
-                result = int(text)
-            except ValueError:
-                raise RecordError(f"{header} is {text!r}, not a number") from None
-            if result < 0:
-                raise RecordError(f"{header} is negative ({result})")
-            return result
-
-        origin = number(ChunkHeader.ORIGIN, required=kind is RecordKind.CHUNK)
-        if kind is not RecordKind.CHUNK:
-            return cls(kind, transfer_id, partition, offset, value or b"", origin=origin)
+            meta = ChunkMeta.from_headers(key, headers)
+        except ChunkHeaderError as exc:
+            raise RecordError(str(exc)) from None
         return cls(
-            kind,
-            transfer_id,
+            meta.kind,
+            meta.transfer_id,
             partition,
             offset,
             value or b"",
-            file_offset=number(ChunkHeader.OFFSET) or 0,
-            crc_init=number(ChunkHeader.CRC_INIT) or 0,
-            crc=number(ChunkHeader.CRC) or 0,
-            file_crc=number(ChunkHeader.FILE_CRC) or 0,
-            origin=origin,
+            file_offset=meta.offset,
+            crc_init=meta.crc_init,
+            crc=meta.crc,
+            file_crc=meta.file_crc,
+            origin=meta.origin,
         )
 
 

@@ -35,7 +35,7 @@ class ObjectStore:
     def __init__(self, settings: AssemblerSettings) -> None:
         self.bucket = settings.s3_bucket
         self.part_size = settings.s3_part_size
-        timeout = settings.s3_timeout
+        timeout = settings.s3_timeout_seconds
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout),
             maxsize=8,

@@ -8,31 +8,22 @@ connector does (``s3_public_url``), the URL is signed for that public host inste
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit
 
 from minio import Minio
 
+from runtime.settings import split_s3_url
+
 from .settings import ConnectorSettings
 
-__all__ = ["Presigner", "split_public_url"]
-
-
-def split_public_url(url: str) -> tuple[str, bool]:
-    """``https://files.example.com:8443`` -> (``files.example.com:8443``, secure)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"s3_public_url {url!r} must be http(s)://host[:port]")
-    if parts.path.strip("/") or parts.query or parts.fragment or "@" in parts.netloc:
-        raise ValueError(f"s3_public_url {url!r} must have no path, query or user")
-    return parts.netloc, parts.scheme == "https"
+__all__ = ["Presigner"]
 
 
 class Presigner:
     def __init__(self, settings: ConnectorSettings) -> None:
         if settings.s3_public_url:
-            endpoint, secure = split_public_url(settings.s3_public_url)
+            endpoint, secure = split_s3_url(settings.s3_public_url)
         else:
-            endpoint, secure = settings.s3_endpoint, settings.s3_secure
+            endpoint, secure = settings.s3_host, settings.s3_tls
         # With the region given, minio never asks the server for the bucket's location.
         self._client = Minio(
             endpoint,

@@ -5,23 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 
-from runtime import CommonSettings
+from runtime import S3Settings
+from runtime.settings import split_s3_url
 
 #: The longest a SigV4 presigned URL may live (7 days).
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 
 
-class ConnectorSettings(CommonSettings):
+class ConnectorSettings(S3Settings):
     connector_config: Path | None = Field(
         None, description="YAML file of the webhook endpoints (docs/connector.md)"
     )
-    s3_endpoint: str = Field("127.0.0.1:9000", description="S3 API host:port (for presigning)")
-    s3_access_key: str = Field("", description="S3 access key")
-    s3_secret_key: SecretStr = Field(SecretStr(""), description="S3 secret key")
-    s3_region: str = Field("us-east-1", description="S3 region the URLs are signed for")
-    s3_secure: bool = Field(False, description="S3 over HTTPS")
     s3_public_url: str | None = Field(
         None,
         description="scheme://host[:port] that webhook receivers reach S3 at, when it differs "
@@ -62,7 +58,5 @@ class ConnectorSettings(CommonSettings):
     def _public_url(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        from .presign import split_public_url
-
-        split_public_url(value)  # raises ValueError with the reason
+        split_s3_url(value)  # raises ValueError with the reason
         return value

@@ -41,7 +41,7 @@ class Subcommand:
 
 SUBCOMMANDS: dict[str, Subcommand] = {
     "ingestor": Subcommand(
-        help="Accept camera TCP sessions and publish them to Kafka.",
+        help="Host the device protocols (cameras) and publish what devices send to Kafka.",
         add_arguments="ingestor.cli:add_arguments",
         run="ingestor.cli:run",
     ),

@@ -1,12 +1,13 @@
-"""Which IMEIs may upload: an optional allow-list, loaded once when the ingestor starts.
+"""Which IMEIs may connect: an optional allow-list per protocol, loaded when its listener starts.
 
-The list is the union of ``imei_allow_list`` (a file, one IMEI a line, ``#`` starts a comment)
-and ``imei_allow`` (comma-separated). Both unset means every IMEI may connect. A configured
-file that is missing, malformed or lists no IMEI at all stops the ingestor at start: an empty
-mount must not silently lock out, or let in, the whole fleet.
+The list is the union of a listener's ``imei_allow_list`` (a file, one IMEI a line, ``#``
+starts a comment) and ``imei_allow`` (comma-separated). Both unset means every IMEI may
+connect. A configured file that is missing, malformed or lists no IMEI at all stops the
+ingestor at start: an empty mount must not silently lock out, or let in, the whole fleet.
 
-The check itself runs in the session as soon as INIT names the IMEI (:func:`check_imei`,
-raising :class:`NotAllowed`); nothing of the device is published before it passes.
+The check itself runs in the session as soon as the device names its IMEI
+(:func:`check_imei`, raising :class:`NotAllowed`); nothing of the device is published
+before it passes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .settings import IngestorSettings
+from .settings import ListenerSettings
 
 __all__ = ["AllowList", "NotAllowed", "check_imei", "load", "reload"]
 
@@ -59,7 +60,7 @@ def parse(text: str, source: str) -> set[str]:
     return imeis
 
 
-def from_settings(settings: IngestorSettings) -> AllowList:
+def from_settings(settings: ListenerSettings) -> AllowList:
     """Read the allow-list the settings name; raises ValueError/OSError if it is unusable."""
     path, inline = settings.imei_allow_list.strip(), settings.imei_allow.strip()
     if not path and not inline:
@@ -83,20 +84,20 @@ def from_settings(settings: IngestorSettings) -> AllowList:
 _loaded: dict[tuple[str, str], AllowList] = {}
 
 
-def reload(settings: IngestorSettings) -> AllowList:
+def reload(settings: ListenerSettings) -> AllowList:
     """Read the allow-list of ``settings`` afresh. :class:`~ingestor.server.Ingestor` calls
-    this at start, so a broken list fails there and sessions find it loaded."""
+    this when a listener starts, so a broken list fails there and sessions find it loaded."""
     allow = _loaded[settings.imei_allow_list, settings.imei_allow] = from_settings(settings)
     return allow
 
 
-def load(settings: IngestorSettings) -> AllowList:
+def load(settings: ListenerSettings) -> AllowList:
     """The allow-list of ``settings`` as last read (read now if it never was)."""
     allow = _loaded.get((settings.imei_allow_list, settings.imei_allow))
     return reload(settings) if allow is None else allow
 
 
-def check_imei(settings: IngestorSettings, imei: str) -> None:
+def check_imei(settings: ListenerSettings, imei: str) -> None:
     """Raise :class:`NotAllowed` naming ``imei`` if the configured allow-list excludes it."""
     refusal = load(settings).refusal(imei)
     if refusal is not None:

@@ -1,4 +1,4 @@
-"""``fleetgate ingestor``: terminate camera TCP sessions and publish them to Kafka."""
+"""``fleetgate ingestor``: host the device protocols and publish what devices send to Kafka."""
 
 from __future__ import annotations
 
@@ -8,23 +8,35 @@ import asyncio
 from runtime import configure_logging, start_metrics_server, stop_on_signals
 from runtime.cli import add_settings_arguments, settings_from_args
 
+from .protocols import PROTOCOLS
 from .server import serve
 from .settings import IngestorSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_settings_arguments(parser, IngestorSettings)
+    for name, protocol in PROTOCOLS.items():
+        add_settings_arguments(
+            parser,
+            protocol.settings_class,
+            prefix=f"{name}_",
+            title=f"{name} listener (command line or environment)",
+        )
 
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(IngestorSettings, args)
+    listeners = {
+        name: settings_from_args(protocol.settings_class, args, prefix=f"{name}_")
+        for name, protocol in PROTOCOLS.items()
+    }
     configure_logging(settings.log_level, settings.log_json)
     start_metrics_server(settings.metrics_host, settings.metrics_port)
 
     async def main() -> None:
         stop = asyncio.Event()
         stop_on_signals(stop)
-        await serve(settings, stop)
+        await serve(settings, stop, listeners)
 
     asyncio.run(main())
     return 0

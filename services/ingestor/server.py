@@ -1,177 +1,205 @@
-"""The ingestor process: a TCP server of camera sessions and one Kafka producer."""
+"""The ingestor process: one listener per hosted protocol, admission, drain, one producer."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaProducer
 
 from . import allowlist, metrics
-from .progress import ProgressBook, ProgressPublisher, ProgressReader
-from .session import CameraSession, Sink
-from .settings import IngestorSettings
+from .adapter import Link, Protocol
+from .connection import Connection
+from .protocols import PROTOCOLS
+from .settings import IngestorSettings, ListenerSettings
+from .sink import KafkaSink, Ledger, Sink
+
+__all__ = ["Ingestor", "hosted", "serve"]
 
 _log = structlog.get_logger("fleetgate.ingestor")
 
 
-class KafkaSink:
-    """aiokafka producer with acks=all: a record's future resolves once every in-sync
-    replica has it."""
-
-    def __init__(self, settings: IngestorSettings) -> None:
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            acks="all",
-            linger_ms=settings.kafka_linger_ms,
-            max_request_size=settings.kafka_max_request_bytes,
-            max_batch_size=256 * 1024,
-            request_timeout_ms=settings.kafka_request_timeout_ms,
-            client_id=f"fleetgate-ingestor-{settings.instance}",
-        )
-
-    async def send(
-        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
-    ) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = await self.producer.send(
-            str(topic), value=value, key=key, headers=headers
-        )
-        return future
-
-
 class Ingestor:
-    """Accepts camera connections and runs a :class:`CameraSession` for each.
+    """Accepts connections on each protocol's listener and runs a
+    :class:`~ingestor.connection.Connection` for each.
 
-    A connection over ``max_connections``, over ``max_connections_per_peer`` from one address,
-    or arriving while the ingestor stops is closed at once (FIN, nothing sent), counted in
-    ``fleetgate_ingestor_connections_refused_total{reason}`` and logged, at most one line a
-    second per reason (with the count), so a flood cannot flood the log too.
+    A connection over ``max_connections`` (process-wide, or the protocol's own), over the
+    protocol's ``max_connections_per_peer`` from one address, or arriving while the ingestor
+    stops is closed at once (FIN, nothing sent), counted in
+    ``fleetgate_ingestor_connections_refused_total{protocol, reason}`` and logged, at most one
+    line a second per reason (with the count), so a flood cannot flood the log too.
     """
 
     def __init__(
-        self, settings: IngestorSettings, sink: Sink, book: ProgressBook | None = None
+        self, settings: IngestorSettings, sink: Sink, protocols: Sequence[Protocol]
     ) -> None:
         self.settings = settings
         self.sink = sink
-        #: Durable offsets of transfers (filled by a ProgressReader in :func:`serve`).
-        self.book = book if book is not None else ProgressBook(settings.progress_max_age)
-        self.publisher = ProgressPublisher(sink, self.book, settings.ack_timeout)
-        metrics.progress_entries.set_function(lambda: len(self.book))
+        self.protocols: dict[str, Protocol] = {p.name: p for p in protocols}
         self.sessions: set[asyncio.Task[Any]] = set()
-        self._live: dict[asyncio.Task[Any], CameraSession] = {}
-        self.port: int | None = None
-        self._server: asyncio.Server | None = None
+        self._live: dict[asyncio.Task[Any], Connection] = {}
+        #: Listening port of each protocol, once started.
+        self.ports: dict[str, int] = {}
+        self._servers: list[asyncio.Server] = []
         self._stopping = False
-        self._per_peer: dict[str, int] = {}  # open connections by peer address; no zeros
+        self._open: dict[str, int] = {}  # open connections by protocol
+        self._per_peer: dict[tuple[str, str], int] = {}  # by (protocol, address); no zeros
         self._refusals = _RefusalLog()
+        for protocol in protocols:
+            metrics.register(protocol.name, protocol.close_reasons)
 
-    async def start(self) -> int:
-        allow = allowlist.reload(self.settings)  # a broken allow-list stops us here
-        if allow.imeis is not None:
-            _log.info("imei_allow_list", imeis=allow.size, source=allow.source)
-        self._server = await asyncio.start_server(
-            self._accept, self.settings.camera_host, self.settings.camera_port, backlog=1024
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self.port
+    @property
+    def port(self) -> int | None:
+        """The port of the first protocol's listener (the only one, often)."""
+        return next(iter(self.ports.values()), None)
 
-    def _refusal(self, host: str) -> tuple[str, str] | None:
+    async def start(self) -> None:
+        """Start each protocol, then its listener; a broken allow-list stops us here."""
+        for protocol in self.protocols.values():
+            allow = allowlist.reload(protocol.settings)
+            if allow.imeis is not None:
+                _log.info(
+                    "imei_allow_list", protocol=protocol.name, imeis=allow.size, source=allow.source
+                )
+        for protocol in self.protocols.values():
+            await protocol.start()
+            listen = protocol.settings
+            server = await asyncio.start_server(
+                partial(self._accept, protocol), listen.host, listen.port, backlog=1024
+            )
+            self._servers.append(server)
+            self.ports[protocol.name] = port = server.sockets[0].getsockname()[1]
+            _log.info(
+                "listening", protocol=protocol.name, host=listen.host, port=port,
+                **protocol.describe(),
+            )  # fmt: skip
+
+    def _refusal(self, protocol: Protocol, host: str) -> tuple[str, str] | None:
         """Why a new connection from ``host`` is refused (reason label, text), if it is."""
         if self._stopping:
             return "shutdown", "ingestor shutting down"
         limit = self.settings.max_connections
         if len(self.sessions) >= limit:
             return "max_connections", f"{len(self.sessions)} connections open (max_connections)"
-        per_peer = self.settings.max_connections_per_peer
-        if per_peer > 0 and self._per_peer.get(host, 0) >= per_peer:
+        own = protocol.settings.max_connections
+        open_here = self._open.get(protocol.name, 0)
+        if own > 0 and open_here >= own:
+            return "max_connections", (
+                f"{open_here} {protocol.name} connections open ({protocol.name} max_connections)"
+            )
+        per_peer = protocol.settings.max_connections_per_peer
+        held = self._per_peer.get((protocol.name, host), 0)
+        if per_peer > 0 and held >= per_peer:
             return "max_connections_per_peer", (
-                f"{host} has {self._per_peer[host]} connections open (max_connections_per_peer)"
+                f"{host} has {held} connections open (max_connections_per_peer)"
             )
         return None
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(
+        self, protocol: Protocol, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         # Nothing may escape: asyncio would only log it, but a refused or broken connection
         # must still be closed and counted.
         try:
             peer = writer.get_extra_info("peername")
             host = str(peer[0]) if isinstance(peer, tuple) else str(peer)
-            refusal = self._refusal(host)
+            refusal = self._refusal(protocol, host)
             if refusal is not None:
                 writer.close()
-                metrics.connections_refused.labels(refusal[0]).inc()
-                self._refusals.add(refusal[0], refusal[1], host)
+                metrics.connections_refused.labels(protocol.name, refusal[0]).inc()
+                self._refusals.add(protocol.name, refusal[0], refusal[1], host)
                 return
-            await self._serve(reader, writer, host)
+            await self._serve(protocol, reader, writer, host)
         except Exception:
-            _log.exception("accept_failed")
+            _log.exception("accept_failed", protocol=protocol.name)
             writer.close()
 
     async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str
+        self,
+        protocol: Protocol,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        host: str,
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
-        metrics.connections.inc()
-        metrics.connections_open.inc()
+        name = protocol.name
+        metrics.connections.labels(name).inc()
+        metrics.connections_open.labels(name).inc()
         self.sessions.add(task)
-        self._per_peer[host] = self._per_peer.get(host, 0) + 1
-        session: CameraSession | None = None
+        self._open[name] = self._open.get(name, 0) + 1
+        self._per_peer[name, host] = self._per_peer.get((name, host), 0) + 1
+        link: Link | None = None
         try:
-            session = CameraSession(
-                reader, writer, self.sink, self.settings, book=self.book, publisher=self.publisher
+            peer = writer.get_extra_info("peername")
+            peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+            link = Link(
+                protocol=name,
+                settings=protocol.settings,
+                instance=self.settings.instance,
+                peer=peer_text,
+                ledger=Ledger(self.sink, self.settings.ack_timeout_seconds),
+                log=_log,
             )
-            self._live[task] = session
-            await session.run(lambda: self._stopping)
+            link.log = _log.bind(protocol=name, session=link.session_id, peer=peer_text)
+            connection = Connection(reader, writer, protocol.session(link), hello=protocol.hello)
+            self._live[task] = connection
+            await connection.run(lambda: self._stopping)
         except Exception:  # a bug in one session must not take the others down
             _log.exception(
                 "session_crashed",
-                session=None if session is None else session.session_id,
-                peer=None if session is None else session.peer,
+                protocol=name,
+                session=None if link is None else link.session_id,
+                peer=None if link is None else link.peer,
             )
             writer.close()
         finally:
             self.sessions.discard(task)
             self._live.pop(task, None)
-            metrics.connections_open.dec()
-            left = self._per_peer.pop(host, 1) - 1
+            metrics.connections_open.labels(name).dec()
+            self._open[name] -= 1
+            left = self._per_peer.pop((name, host), 1) - 1
             if left > 0:
-                self._per_peer[host] = left
+                self._per_peer[name, host] = left
 
     async def stop(self) -> None:
-        """Graceful stop (SIGTERM): stop accepting; close sessions with no file in flight at
-        once; give the others ``drain_timeout`` to finish their file; then cut them: each
-        makes what it received durable, publishes that offset and sends CLOSE, so its device
-        resumes elsewhere from there. Sessions still open ``close_timeout`` later are
-        cancelled."""
+        """Graceful stop (SIGTERM): stop accepting; close sessions that are not busy at
+        once; give the others ``drain_timeout_seconds`` to finish; then cut them: each
+        reaches a durable point, publishes it and says goodbye, so its device carries on
+        elsewhere from there. Sessions still open ``close_timeout_seconds`` later are
+        cancelled. Then each protocol stops."""
         self._stopping = True
         self._refusals.flush()
-        if self._server is not None:
-            self._server.close()
-        for session in list(self._live.values()):
-            session.request_stop()
+        for server in self._servers:
+            server.close()
+        for connection in list(self._live.values()):
+            connection.request_stop()
+        settings = self.settings
         pending = set(self.sessions)
         if pending:
-            _log.info("draining", sessions=len(pending), timeout=self.settings.drain_timeout)
-            _, pending = await asyncio.wait(pending, timeout=self.settings.drain_timeout)
+            _log.info("draining", sessions=len(pending), timeout=settings.drain_timeout_seconds)
+            _, pending = await asyncio.wait(pending, timeout=settings.drain_timeout_seconds)
         if pending:
-            _log.info("cutting", sessions=len(pending), timeout=self.settings.close_timeout)
+            _log.info("cutting", sessions=len(pending), timeout=settings.close_timeout_seconds)
             for task in pending:
                 live = self._live.get(task)
                 if live is not None:
                     live.request_stop(cut=True)
-            _, pending = await asyncio.wait(pending, timeout=self.settings.close_timeout)
+            _, pending = await asyncio.wait(pending, timeout=settings.close_timeout_seconds)
         for task in pending:
             task.cancel()
         for task in pending:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.publisher.close(within=self.settings.close_timeout)
-        if self._server is not None:
-            await self._server.wait_closed()
+        for protocol in self.protocols.values():
+            await protocol.stop()
+        for server in self._servers:
+            await server.wait_closed()
 
 
 @dataclass
@@ -179,15 +207,16 @@ class _RefusalLog:
     """Refused connections, logged at once and then at most once a second per reason."""
 
     interval: float = 1.0
-    _pending: dict[str, tuple[int, str, str]] = field(default_factory=dict)
-    _logged_at: dict[str, float] = field(default_factory=dict)
+    _pending: dict[tuple[str, str], tuple[int, str, str]] = field(default_factory=dict)
+    _logged_at: dict[tuple[str, str], float] = field(default_factory=dict)
     _timer: asyncio.TimerHandle | None = None
 
-    def add(self, reason: str, detail: str, peer: str) -> None:
-        count = self._pending.get(reason, (0, "", ""))[0] + 1
-        self._pending[reason] = (count, detail, peer)
-        if time.monotonic() - self._logged_at.get(reason, -self.interval) >= self.interval:
-            self._emit(reason)
+    def add(self, protocol: str, reason: str, detail: str, peer: str) -> None:
+        key = (protocol, reason)
+        count = self._pending.get(key, (0, "", ""))[0] + 1
+        self._pending[key] = (count, detail, peer)
+        if time.monotonic() - self._logged_at.get(key, -self.interval) >= self.interval:
+            self._emit(key)
         elif self._timer is None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self.interval, self.flush)
@@ -196,36 +225,60 @@ class _RefusalLog:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for reason in list(self._pending):
-            self._emit(reason)
+        for key in list(self._pending):
+            self._emit(key)
 
-    def _emit(self, reason: str) -> None:
-        count, detail, peer = self._pending.pop(reason)
-        self._logged_at[reason] = time.monotonic()
-        _log.warning("connections_refused", reason=reason, detail=detail, count=count, peer=peer)
+    def _emit(self, key: tuple[str, str]) -> None:
+        count, detail, peer = self._pending.pop(key)
+        self._logged_at[key] = time.monotonic()
+        _log.warning(
+            "connections_refused",
+            protocol=key[0],
+            reason=key[1],
+            detail=detail,
+            count=count,
+            peer=peer,
+        )
 
 
-async def serve(settings: IngestorSettings, stop: asyncio.Event) -> None:
-    """Run until ``stop`` is set. Devices are accepted only once the progress topic has been
-    read (so that a device coming back resumes where Kafka has its file up to)."""
+def listener_settings(
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, ListenerSettings]:
+    """Each registered protocol's settings (environment, then ``overrides[name]``)."""
+    overrides = overrides or {}
+    return {name: cls.settings_class(**overrides.get(name, {})) for name, cls in PROTOCOLS.items()}
+
+
+def hosted(
+    settings: IngestorSettings, sink: Sink, listeners: Mapping[str, ListenerSettings]
+) -> list[Protocol]:
+    """The enabled protocols, each with its listener settings."""
+    return [
+        PROTOCOLS[name](listen, settings, sink)
+        for name, listen in listeners.items()
+        if listen.enabled
+    ]
+
+
+async def serve(
+    settings: IngestorSettings,
+    stop: asyncio.Event,
+    listeners: Mapping[str, ListenerSettings] | None = None,
+) -> None:
+    """Run until ``stop`` is set. Each protocol starts before its listener accepts (the
+    camera first reads the progress topic, so that a device coming back resumes where Kafka
+    has its file up to)."""
     sink = KafkaSink(settings)
     await sink.producer.start()
-    book = ProgressBook(settings.progress_max_age)
-    reader = ProgressReader(settings, book)
-    following: asyncio.Task[None] | None = None
     try:
-        await reader.start()
-        await reader.catch_up()
-        following = asyncio.create_task(reader.follow(), name="progress reader")
-        ingestor = Ingestor(settings, sink, book)
-        port = await ingestor.start()
-        _log.info("listening", host=settings.camera_host, port=port, transfers_known=len(book))
-        await stop.wait()
-        await ingestor.stop()
+        protocols = hosted(settings, sink, listeners or listener_settings())
+        if not protocols:
+            raise ValueError("every protocol is disabled: nothing to listen for")
+        ingestor = Ingestor(settings, sink, protocols)
+        try:
+            await ingestor.start()
+            await stop.wait()
+        finally:
+            await ingestor.stop()
     finally:
-        if following is not None:
-            following.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await following
-        await reader.stop()
         await sink.producer.stop()

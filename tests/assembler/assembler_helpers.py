@@ -1,7 +1,7 @@
 """Hand-made ``fleetgate.camera.chunks.v1`` records, and the assembler as a child process.
 
 :func:`chunk_records` cuts a file into chunk records the way the ingestor does
-(``services/ingestor/session.py``): 1024-byte packets, chained CRC-16, coalesced into records
+(``services/ingestor/camera/session.py``): 1024-byte packets, chained CRC-16, coalesced into records
 of at most 64 KiB, each with fg-offset, fg-crc-init, fg-crc, fg-file-crc and fg-origin.
 """
 
@@ -25,9 +25,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from camproto import crc16
 from contracts import (
     CaptureInfo,
-    ChunkHeader,
+    ChunkMeta,
     FileInfo,
-    RecordKind,
     Topic,
     TransferEnd,
     TransferStart,
@@ -43,10 +42,6 @@ MAX_BYTES = 8 * 1024 * 1024
 REPO = Path(__file__).resolve().parents[2]
 
 Headers = list[tuple[str, bytes]]
-
-
-def _h(name: ChunkHeader, value: object) -> tuple[str, bytes]:
-    return (name.value, str(value).encode())
 
 
 @dataclass
@@ -128,15 +123,14 @@ class Chunk:
     file_crc: int
 
     def headers(self, tid: str, origin: int) -> Headers:
-        return [
-            _h(ChunkHeader.KIND, RecordKind.CHUNK),
-            _h(ChunkHeader.TRANSFER, tid),
-            _h(ChunkHeader.OFFSET, self.offset),
-            _h(ChunkHeader.CRC_INIT, self.crc_init),
-            _h(ChunkHeader.CRC, self.crc),
-            _h(ChunkHeader.FILE_CRC, self.file_crc),
-            _h(ChunkHeader.ORIGIN, origin),
-        ]
+        return ChunkMeta.chunk(
+            tid,
+            offset=self.offset,
+            crc_init=self.crc_init,
+            crc=self.crc,
+            file_crc=self.file_crc,
+            origin=origin,
+        ).headers()
 
 
 def chunk_records(
@@ -183,7 +177,7 @@ class Sender:
         return offset
 
     async def start(self, f: CameraFile, session: str = "s1", resume_offset: int = 0) -> int:
-        headers = [_h(ChunkHeader.KIND, RecordKind.START), _h(ChunkHeader.TRANSFER, f.tid)]
+        headers = ChunkMeta.start(f.tid).headers()
         return await self.send(f.tid, encode(f.start(session, resume_offset)), headers)
 
     async def chunks(
@@ -216,11 +210,7 @@ class Sender:
         return last
 
     async def end(self, f: CameraFile, origin: int, session: str = "s1") -> int:
-        headers = [
-            _h(ChunkHeader.KIND, RecordKind.END),
-            _h(ChunkHeader.TRANSFER, f.tid),
-            _h(ChunkHeader.ORIGIN, origin),
-        ]
+        headers = ChunkMeta.end(f.tid, origin=origin).headers()
         return await self.send(f.tid, encode(f.end(session)), headers)
 
     async def transfer(self, f: CameraFile, *, twice: bool = False) -> None:
@@ -288,10 +278,10 @@ class AssemblerProcess:
             "FLEETGATE_SPOOL_DIR": str(self.workdir / "spool"),
             "FLEETGATE_LOG_JSON": "true",
             "FLEETGATE_LOG_LEVEL": "INFO",
-            "FLEETGATE_BROKER_SESSION_TIMEOUT": "6",
-            "FLEETGATE_BROKER_REBALANCE_TIMEOUT": "6",
-            "FLEETGATE_BROKER_HEARTBEAT_INTERVAL": "1",
-            "FLEETGATE_BROKER_COMMIT_INTERVAL": "0.2",
+            "FLEETGATE_BROKER_SESSION_TIMEOUT_SECONDS": "6",
+            "FLEETGATE_BROKER_REBALANCE_TIMEOUT_SECONDS": "6",
+            "FLEETGATE_BROKER_HEARTBEAT_INTERVAL_SECONDS": "1",
+            "FLEETGATE_BROKER_COMMIT_INTERVAL_SECONDS": "0.2",
             "PYTHONWARNINGS": "ignore",
             **self.env,
         }

@@ -19,13 +19,9 @@ from assembler.agents import Assembler, Rewinder
 from assembler.settings import AssemblerSettings
 from assembler.state import Reassembler
 from assembler.storage import ObjectStore, StoreResult
-from contracts import ChunkHeader, FileFailed, FileStored, RecordKind, Topic, decode, encode
+from contracts import ChunkMeta, FileFailed, FileStored, Topic, decode, encode
 from contracts.models import FileEvent
 from tests.assembler.assembler_helpers import CameraFile, Headers, chunk_records, dsm, dualcam
-
-
-def _h(name: ChunkHeader, value: object) -> tuple[str, bytes]:
-    return (name.value, str(value).encode())
 
 
 @dataclass
@@ -47,26 +43,13 @@ class Log:
         return message
 
     def transfer(self, f: CameraFile) -> list[SimpleNamespace]:
-        kind, tid = ChunkHeader.KIND, ChunkHeader.TRANSFER
-        start = self.add(f.tid, encode(f.start()), [_h(kind, "start"), _h(tid, f.tid)])
+        start = self.add(f.tid, encode(f.start()), ChunkMeta.start(f.tid).headers())
         out = [start]
         for c in chunk_records(f.data):
-            out.append(self.add(f.tid, c.value, _chunk_headers(f.tid, c, start.offset)))
-        end = [_h(kind, "end"), _h(tid, f.tid), _h(ChunkHeader.ORIGIN, start.offset)]
+            out.append(self.add(f.tid, c.value, c.headers(f.tid, start.offset)))
+        end = ChunkMeta.end(f.tid, origin=start.offset).headers()
         out.append(self.add(f.tid, encode(f.end()), end))
         return out
-
-
-def _chunk_headers(tid: str, c: Any, origin: int) -> Headers:
-    return [
-        _h(ChunkHeader.KIND, RecordKind.CHUNK),
-        _h(ChunkHeader.TRANSFER, tid),
-        _h(ChunkHeader.OFFSET, c.offset),
-        _h(ChunkHeader.CRC_INIT, c.crc_init),
-        _h(ChunkHeader.CRC, c.crc),
-        _h(ChunkHeader.FILE_CRC, c.file_crc),
-        _h(ChunkHeader.ORIGIN, origin),
-    ]
 
 
 class FakeRewinder:
@@ -130,7 +113,7 @@ class Rig:
 
 
 def _rig(tmp_path: Path, store: FakeStore | None = None, producer_failures: int = 0) -> Rig:
-    settings = AssemblerSettings(s3_retry_max=0.001, spool_dir=tmp_path)
+    settings = AssemblerSettings(s3_retry_max_seconds=0.001, spool_dir=tmp_path)
     log = Log()
     producer = FakeProducer(producer_failures)
     app = cast(faust.App, SimpleNamespace(producer=producer))
@@ -210,7 +193,7 @@ async def test_a_failure_without_start_record_is_only_logged(tmp_path: Path) -> 
     f = dsm(os.urandom(100_000), "/DSM/m.mp4\0")
     chunk = chunk_records(f.data)[1]
     rig.log.messages = [SimpleNamespace(key=b"x", value=b"", headers=[], partition=0, offset=0)]
-    await rig.assembler.handle(rig.log.add(f.tid, chunk.value, _chunk_headers(f.tid, chunk, 0)))
+    await rig.assembler.handle(rig.log.add(f.tid, chunk.value, chunk.headers(f.tid, 0)))
     assert rig.events == [] and rig.rewinder.calls
 
 
@@ -259,7 +242,7 @@ async def test_rebalance_and_expiry_drop_transfers(tmp_path: Path) -> None:
     assigned = {faust.types.TP(Topic.CHUNKS, 0), faust.types.TP("other", 1)}
     await rig.assembler._on_assigned(None, assigned, signal=None)
     assert set(rig.assembler.reassembler.transfers) == {a.tid}
-    rig.assembler.settings.transfer_idle_timeout = 0.0
+    rig.assembler.settings.transfer_idle_timeout_seconds = 0.0
     rig.assembler.expire()
     assert len(rig.assembler.reassembler) == 0
 

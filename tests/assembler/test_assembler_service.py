@@ -181,9 +181,9 @@ async def test_rewinds_after_losing_its_state(
     half = 1_000_448  # 977 packets: not at a record boundary
     # A shorter session: the restarted instance joins once the killed one's session expired.
     assembler.env |= {
-        "FLEETGATE_BROKER_SESSION_TIMEOUT": "3",
-        "FLEETGATE_BROKER_REBALANCE_TIMEOUT": "3",
-        "FLEETGATE_BROKER_HEARTBEAT_INTERVAL": "0.5",
+        "FLEETGATE_BROKER_SESSION_TIMEOUT_SECONDS": "3",
+        "FLEETGATE_BROKER_REBALANCE_TIMEOUT_SECONDS": "3",
+        "FLEETGATE_BROKER_HEARTBEAT_INTERVAL_SECONDS": "0.5",
     }
     assembler.start()
     async with Sender(kafka) as sender:

@@ -30,11 +30,11 @@ def test_s3_endpoint(endpoint: str, secure: bool, host: str, tls: bool) -> None:
 def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLEETGATE_S3_SECRET_KEY", "hush")
     monkeypatch.setenv("FLEETGATE_S3_BUCKET", "cams")
-    monkeypatch.setenv("FLEETGATE_BROKER_SESSION_TIMEOUT", "6")
+    monkeypatch.setenv("FLEETGATE_BROKER_SESSION_TIMEOUT_SECONDS", "6")
     settings = AssemblerSettings()
     assert settings.s3_secret_key.get_secret_value() == "hush"
     assert "hush" not in repr(settings)
-    assert (settings.s3_bucket, settings.broker_session_timeout) == ("cams", 6.0)
+    assert (settings.s3_bucket, settings.broker_session_timeout_seconds) == ("cams", 6.0)
     with pytest.raises(ValueError, match="s3_part_size"):
         AssemblerSettings(s3_part_size=1024)
 

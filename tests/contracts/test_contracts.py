@@ -58,3 +58,36 @@ def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
 def test_invalid_payload_is_rejected() -> None:
     with pytest.raises(ValueError, match="type"):
         contracts.decode(contracts.SessionEvent, b'{"type":"nope"}')
+
+
+# Chunk-record headers ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        contracts.ChunkMeta.start("t1"),
+        contracts.ChunkMeta.chunk("t1", offset=1024, crc_init=1, crc=2, file_crc=3, origin=7),
+        contracts.ChunkMeta.end("t1", origin=7),
+    ],
+)
+def test_chunk_headers_round_trip(meta: contracts.ChunkMeta) -> None:
+    headers = meta.headers()
+    assert all(name.startswith("fg-") and value.isascii() for name, value in headers)
+    assert contracts.ChunkMeta.from_headers(b"t1", headers) == meta
+    assert contracts.ChunkMeta.from_headers(None, dict(headers)) == meta  # key from fg-transfer
+
+
+def test_chunk_headers_are_the_documented_ones() -> None:
+    meta = contracts.ChunkMeta.chunk("t", offset=2048, crc_init=0, crc=0xBEEF, file_crc=9, origin=0)
+    assert meta.headers() == [
+        ("fg-kind", b"chunk"),
+        ("fg-transfer", b"t"),
+        ("fg-offset", b"2048"),
+        ("fg-crc-init", b"0"),
+        ("fg-crc", b"48879"),
+        ("fg-file-crc", b"9"),
+        ("fg-origin", b"0"),
+    ]
+    with pytest.raises(contracts.ChunkHeaderError, match="chunk record without fg-origin"):
+        contracts.ChunkMeta.from_headers(b"t", meta.headers()[:-1])

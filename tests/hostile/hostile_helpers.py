@@ -51,6 +51,11 @@ def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+def camera_metric(name: str, **labels: str) -> float:
+    """An edge metric's sample for the camera protocol (``protocol="camera"``)."""
+    return metric(name, protocol="camera", **labels)
+
+
 def rss_bytes() -> int:
     """Resident set size of this process (VmRSS of /proc/self/status)."""
     for line in Path("/proc/self/status").read_text().splitlines():

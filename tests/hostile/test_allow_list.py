@@ -12,7 +12,6 @@ import pytest
 from camproto import CameraDevice, CameraFile, DeviceFile, DualCamSlot
 from contracts import models as wire
 from ingestor import allowlist
-from ingestor.server import Ingestor
 from simulator import simulate
 from tests.hostile.hostile_helpers import (
     INIT,
@@ -25,7 +24,7 @@ from tests.hostile.hostile_helpers import (
     read_sessions,
     upload,
 )
-from tests.ingestor.ingestor_helpers import read_published, running, settings
+from tests.ingestor.ingestor_helpers import make_ingestor, read_published, running, settings
 
 OUTSIDER = 352094080000009
 ALSO_OUTSIDE = 352094080000017
@@ -53,14 +52,16 @@ def test_allow_list_file_and_inline_list_are_parsed(tmp_path: Path) -> None:
     path = tmp_path / "imeis.txt"
     path.write_text("# fleet A\n352094087000001  # front desk\n\n  12345\n", encoding="utf-8")
     allow = allowlist.from_settings(
-        settings("127.0.0.1:1", imei_allow_list=str(path), imei_allow=" 352094087000002, ")
+        settings("127.0.0.1:1", imei_allow_list=str(path), imei_allow=" 352094087000002, ").camera
     )
     assert allow.imeis == frozenset({"352094087000001", "000000000012345", "352094087000002"})
     assert allow.refusal("352094087000001") is None
     assert allow.refusal("000000000012345") is None
     refusal = allow.refusal("352094087000003")
     assert refusal == f"IMEI 352094087000003 not in the allow-list ({path} + imei_allow)"
-    assert allowlist.from_settings(settings("127.0.0.1:1")).refusal("352094087000003") is None
+    assert (
+        allowlist.from_settings(settings("127.0.0.1:1").camera).refusal("352094087000003") is None
+    )
 
 
 @pytest.mark.parametrize(
@@ -77,7 +78,7 @@ def test_a_broken_allow_list_stops_the_ingestor_at_start(
 ) -> None:
     path = tmp_path / "imeis.txt"
     path.write_text(text, encoding="utf-8")
-    ingestor = Ingestor(settings("127.0.0.1:1", imei_allow_list=str(path)), NoSink())
+    ingestor = make_ingestor(settings("127.0.0.1:1", imei_allow_list=str(path)), NoSink())
     with pytest.raises(ValueError) as info:
         asyncio.run(ingestor.start())
     assert error in str(info.value)
@@ -87,9 +88,9 @@ def test_a_broken_allow_list_stops_the_ingestor_at_start(
 def test_a_missing_allow_list_stops_the_ingestor_at_start(tmp_path: Path) -> None:
     missing = settings("127.0.0.1:1", imei_allow_list=str(tmp_path / "absent.txt"))
     with pytest.raises(FileNotFoundError):
-        asyncio.run(Ingestor(missing, NoSink()).start())
+        asyncio.run(make_ingestor(missing, NoSink()).start())
     with pytest.raises(ValueError, match="imei_allow: '35209408700000X' is not an IMEI"):
-        allowlist.from_settings(settings("127.0.0.1:1", imei_allow="35209408700000X"))
+        allowlist.from_settings(settings("127.0.0.1:1", imei_allow="35209408700000X").camera)
 
 
 async def test_imei_outside_the_allow_list_is_closed_with_its_reason(
@@ -99,8 +100,12 @@ async def test_imei_outside_the_allow_list_is_closed_with_its_reason(
     path = tmp_path / "allowed.txt"
     lines = [f"{imei}  # healthy fleet" for imei in fleet_imeis(fleet_config)]
     path.write_text("# IMEIs allowed to upload\n" + "\n".join(lines) + "\n", encoding="utf-8")
-    config = settings(kafka, imei_allow_list=str(path), imei_allow=str(INLINE), init_timeout=5.0)
-    refused_before = metric("fleetgate_ingestor_sessions_closed_total", reason="not_allowed")
+    config = settings(
+        kafka, imei_allow_list=str(path), imei_allow=str(INLINE), hello_timeout_seconds=5.0
+    )
+    refused_before = metric(
+        "fleetgate_ingestor_sessions_closed_total", protocol="camera", reason="not_allowed"
+    )
     async with running(config) as ingestor:
         assert ingestor.port is not None
         port = ingestor.port
@@ -120,7 +125,9 @@ async def test_imei_outside_the_allow_list_is_closed_with_its_reason(
         report = await asyncio.wait_for(fleet, 45)
         assert report.ok, report.summary()
 
-    refused = metric("fleetgate_ingestor_sessions_closed_total", reason="not_allowed")
+    refused = metric(
+        "fleetgate_ingestor_sessions_closed_total", protocol="camera", reason="not_allowed"
+    )
     assert refused - refused_before == 2
     published = await read_published(kafka, ends=report.files + 1)
     closed = (await read_sessions(kafka, closed_for({both.peer}))).closed_by_peer()

@@ -18,9 +18,9 @@ from simulator import simulate
 from tests.hostile.hostile_helpers import (
     Hostile,
     Outcome,
+    camera_metric,
     closed_by_server,
     healthy_fleet,
-    metric,
     read_sessions,
     wait_for,
 )
@@ -33,11 +33,11 @@ OVER = 300
 
 
 def refused(reason: str) -> float:
-    return metric("fleetgate_ingestor_connections_refused_total", reason=reason)
+    return camera_metric("fleetgate_ingestor_connections_refused_total", reason=reason)
 
 
 def accepted() -> float:
-    return metric("fleetgate_ingestor_connections_total")
+    return camera_metric("fleetgate_ingestor_connections_total")
 
 
 async def connect_close(port: int, cycles: int, failures: list[str]) -> None:
@@ -57,7 +57,7 @@ def refusal_lines(logs: list[MutableMapping[str, Any]], reason: str) -> list[Any
 
 
 async def test_connection_flood_is_absorbed_and_the_fleet_still_uploads(kafka: str) -> None:
-    config = settings(kafka, max_connections=MAX_CONNECTIONS, init_timeout=5.0)
+    config = settings(kafka, max_connections=MAX_CONNECTIONS, hello_timeout_seconds=5.0)
     refused_before = refused("max_connections")
     with structlog.testing.capture_logs() as logs:
         async with running(config) as ingestor:
@@ -158,7 +158,7 @@ async def test_connection_flood_is_absorbed_and_the_fleet_still_uploads(kafka: s
 
 async def test_one_address_cannot_take_more_than_its_share(kafka: str) -> None:
     per_peer, attempts = 50, 80
-    config = settings(kafka, max_connections_per_peer=per_peer, init_timeout=5.0)
+    config = settings(kafka, max_connections_per_peer=per_peer, hello_timeout_seconds=5.0)
     before = refused("max_connections_per_peer")
     with structlog.testing.capture_logs() as logs:
         async with running(config) as ingestor:

@@ -30,10 +30,10 @@ from tests.hostile.hostile_helpers import (
     PATH_READY,
     Hostile,
     Outcome,
+    camera_metric,
     closed_by_server,
     closed_for,
     healthy_fleet,
-    metric,
     read_sessions,
     upload,
     wait_for,
@@ -161,10 +161,10 @@ async def test_hostile_bytes_get_a_clear_reason_and_a_closed_socket(kafka: str) 
     cases = FIXED + random_cases()
     assert all(CLEAR.fullmatch(case.reason) for case in cases), [c.reason for c in cases]
     before = {
-        reason: metric("fleetgate_ingestor_sessions_closed_total", reason=reason)
+        reason: camera_metric("fleetgate_ingestor_sessions_closed_total", reason=reason)
         for reason in ("protocol_error", "idle")
     }
-    async with running(settings(kafka, init_timeout=INIT_TIMEOUT)) as ingestor:
+    async with running(settings(kafka, hello_timeout_seconds=INIT_TIMEOUT)) as ingestor:
         assert ingestor.port is not None
         port = ingestor.port
         fleet = asyncio.create_task(simulate(healthy_fleet(port)))
@@ -193,7 +193,10 @@ async def test_hostile_bytes_get_a_clear_reason_and_a_closed_socket(kafka: str) 
             assert outcome.received == b"" and outcome.seconds < INIT_TIMEOUT, case.name
     counts = Counter("idle" if c.reason == IDLE_REASON else "protocol_error" for c in cases)
     for reason, count in counts.items():
-        delta = metric("fleetgate_ingestor_sessions_closed_total", reason=reason) - before[reason]
+        delta = (
+            camera_metric("fleetgate_ingestor_sessions_closed_total", reason=reason)
+            - before[reason]
+        )
         assert delta == count, (reason, delta, count)
     print(f"{len(cases)} hostile connections: {dict(counts)}")
 
@@ -213,7 +216,7 @@ async def test_device_paths_are_carried_as_data_and_never_reach_a_key(kafka: str
         )
         for i, path in enumerate((PASSWD, LONGEST))
     ]
-    async with running(settings(kafka, init_timeout=INIT_TIMEOUT)) as ingestor:
+    async with running(settings(kafka, hello_timeout_seconds=INIT_TIMEOUT)) as ingestor:
         assert ingestor.port is not None
         port = ingestor.port
         fleet = asyncio.create_task(simulate(healthy_fleet(port)))

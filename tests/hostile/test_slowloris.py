@@ -23,6 +23,7 @@ from tests.hostile.hostile_helpers import (
     CLOSE,
     INIT,
     Hostile,
+    camera_metric,
     closed_by_server,
     healthy_fleet,
     metric,
@@ -50,15 +51,19 @@ async def _line(stream: asyncio.StreamReader, within: float) -> dict[str, Any]:
 async def test_ten_thousand_idle_connections_are_closed_and_memory_stays_bounded(
     kafka: str,
 ) -> None:
-    config = settings(kafka, init_timeout=INIT_TIMEOUT)
+    config = settings(kafka, hello_timeout_seconds=INIT_TIMEOUT)
     # The ingestor holds one descriptor per connection, the client process its own.
     with open_files(IDLE + 1024):
         async with running(config) as ingestor:
             assert ingestor.port is not None
-            idle_before = metric("fleetgate_ingestor_sessions_closed_total", reason="idle")
-            accepted_before = metric("fleetgate_ingestor_connections_total")
+            idle_before = metric(
+                "fleetgate_ingestor_sessions_closed_total", protocol="camera", reason="idle"
+            )
+            accepted_before = camera_metric("fleetgate_ingestor_connections_total")
             refused_before = sum(
-                metric("fleetgate_ingestor_connections_refused_total", reason=reason)
+                metric(
+                    "fleetgate_ingestor_connections_refused_total", protocol="camera", reason=reason
+                )
                 for reason in REFUSE_REASONS
             )
             gc.collect()
@@ -111,14 +116,16 @@ async def test_ten_thousand_idle_connections_are_closed_and_memory_stays_bounded
             await wait_for(lambda: not ingestor.sessions, 10, "every session finished")
             gc.collect()
             rss_after = rss_bytes()
-        idle_closed = metric("fleetgate_ingestor_sessions_closed_total", reason="idle")
+        idle_closed = metric(
+            "fleetgate_ingestor_sessions_closed_total", protocol="camera", reason="idle"
+        )
         assert idle_closed - idle_before == IDLE
         # every connection got a session: none was refused
         fleet_connections = sum(o.connections for o in report.outcomes)
-        accepted = metric("fleetgate_ingestor_connections_total") - accepted_before
+        accepted = camera_metric("fleetgate_ingestor_connections_total") - accepted_before
         assert accepted == IDLE + fleet_connections
         refused = sum(
-            metric("fleetgate_ingestor_connections_refused_total", reason=reason)
+            camera_metric("fleetgate_ingestor_connections_refused_total", reason=reason)
             for reason in REFUSE_REASONS
         )
         assert refused == refused_before
@@ -169,7 +176,7 @@ STATUS = b"\x00\x05\x00\x04\x00\x00\x00\x00"
 async def test_dribbling_before_init_does_not_extend_init_timeout(
     kafka: str, drip: list[bytes]
 ) -> None:
-    async with running(settings(kafka, init_timeout=DRIBBLE_TIMEOUT)) as ingestor:
+    async with running(settings(kafka, hello_timeout_seconds=DRIBBLE_TIMEOUT)) as ingestor:
         assert ingestor.port is not None
         conn = await Hostile.open(ingestor.port)
 

@@ -22,51 +22,67 @@ from camproto import (
     FileAccepted,
     ResumeRequested,
 )
-from contracts import ChunkHeader, RecordKind, Topic
+from contracts import ChunkMeta, RecordKind, Topic
 from contracts import models as wire
-from ingestor.progress import ProgressBook, ProgressReader
-from ingestor.server import Ingestor, KafkaSink
+from ingestor.camera import CameraProtocol, CameraSettings
+from ingestor.camera.progress import ProgressBook
+from ingestor.server import Ingestor
 from ingestor.settings import IngestorSettings
+from ingestor.sink import KafkaSink, Sink
 from simulator.faults import TokenBucket
 
 
-def settings(kafka: str, **overrides: Any) -> IngestorSettings:
-    values: dict[str, Any] = {
-        "kafka_bootstrap": kafka,
-        "camera_host": "127.0.0.1",
-        "camera_port": 0,
-        "instance": "test-ingestor",
-    }
-    return IngestorSettings(**(values | overrides))
+@dataclass
+class Config:
+    """An ingestor's settings and its camera listener's."""
+
+    ingestor: IngestorSettings
+    camera: CameraSettings
+
+
+def settings(kafka: str, **overrides: Any) -> Config:
+    """Settings of an ingestor on a free port; each override goes to the settings class
+    that has the field (the process's, else the camera listener's)."""
+    edge: dict[str, Any] = {"kafka_bootstrap": kafka, "instance": "test-ingestor"}
+    camera: dict[str, Any] = {"host": "127.0.0.1", "port": 0}
+    for name, value in overrides.items():
+        if name in IngestorSettings.model_fields:
+            edge[name] = value
+        elif name in CameraSettings.model_fields:
+            camera[name] = value
+        else:
+            raise TypeError(f"no ingestor or camera setting {name!r}")
+    return Config(IngestorSettings(**edge), CameraSettings(**camera))
+
+
+def make_ingestor(config: Config, sink: Sink, *, progress: bool = False) -> Ingestor:
+    """An ingestor hosting the camera protocol; with ``progress``, it reads the progress
+    topic before accepting and follows it, as ``serve`` does."""
+    camera = CameraProtocol(config.camera, config.ingestor, sink, read_progress=progress)
+    return Ingestor(config.ingestor, sink, [camera])
+
+
+def book(ingestor: Ingestor) -> ProgressBook:
+    """The camera protocol's progress book."""
+    camera = ingestor.protocols["camera"]
+    assert isinstance(camera, CameraProtocol)
+    return camera.book
 
 
 @contextlib.asynccontextmanager
 async def running(
-    config: IngestorSettings, sink: Any = None, *, progress: bool = False
+    config: Config, sink: Any = None, *, progress: bool = False
 ) -> AsyncIterator[Ingestor]:
     """An ingestor on a free port; with ``progress``, it reads the progress topic first and
     follows it, as ``serve`` does."""
-    kafka_sink = KafkaSink(config)
+    kafka_sink = KafkaSink(config.ingestor)
     await kafka_sink.producer.start()
-    book = ProgressBook(config.progress_max_age)
-    reader = ProgressReader(config, book) if progress else None
-    following: asyncio.Task[None] | None = None
-    if reader is not None:
-        await reader.start()
-        await reader.catch_up()
-        following = asyncio.create_task(reader.follow())
-    ingestor = Ingestor(config, sink or kafka_sink, book)
+    ingestor = make_ingestor(config, sink or kafka_sink, progress=progress)
     try:
         await ingestor.start()
         yield ingestor
     finally:
         await ingestor.stop()
-        if following is not None:
-            following.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await following
-        if reader is not None:
-            await reader.stop()
         await kafka_sink.producer.stop()
 
 
@@ -119,15 +135,15 @@ def _take(out: Published, record: Any) -> None:
         out.sessions.append(contracts.decode(contracts.SessionEvent, record.value))
         return
     headers = {k: v for k, v in record.headers}
-    kind = headers[ChunkHeader.KIND].decode()
-    tid = headers[ChunkHeader.TRANSFER].decode()
+    meta = ChunkMeta.from_headers(None, headers)
+    tid = meta.transfer_id
     assert record.key == tid.encode()
-    if kind == RecordKind.START:
+    if meta.kind is RecordKind.START:
         out.starts[tid] = contracts.decode(wire.TransferStart, record.value)
         out.files.setdefault(tid, bytearray())
-    elif kind == RecordKind.CHUNK:
+    elif meta.kind is RecordKind.CHUNK:
         out.chunk_headers.append(headers)
-        offset = int(headers[ChunkHeader.OFFSET])
+        offset = meta.offset
         data = out.files[tid]
         # a resumed or resent transfer may repeat bytes: keep each offset once
         if offset <= len(data):
@@ -184,10 +200,11 @@ async def start_records(kafka: str, within: float = 10.0) -> dict[str, list[tupl
                     break
                 for records in batch.values():
                     for record in records:
-                        headers = dict(record.headers)
-                        if headers[ChunkHeader.KIND] == RecordKind.START.value.encode():
-                            tid = headers[ChunkHeader.TRANSFER].decode()
-                            out.setdefault(tid, []).append((record.partition, record.offset))
+                        meta = ChunkMeta.from_headers(record.key, record.headers)
+                        if meta.kind is RecordKind.START:
+                            out.setdefault(meta.transfer_id, []).append(
+                                (record.partition, record.offset)
+                            )
     finally:
         await consumer.stop()
     return out

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 from camproto import CameraDevice, CameraFile, DeviceFile, DualCamSlot, FileAccepted, crc16
-from contracts import ChunkHeader
+from contracts import ChunkMeta
 from contracts import models as wire
 from devstack.infra import create_topics, start_tansu, wait_kafka
-from ingestor.server import Ingestor, KafkaSink
+from ingestor.sink import KafkaSink
 from simulator import ContentSpec, Faults, Fleet, SimulationConfig, simulate
-from tests.ingestor.ingestor_helpers import read_published, running, settings
+from tests.ingestor.ingestor_helpers import make_ingestor, read_published, running, settings
 
 
 def device_files(config: SimulationConfig) -> dict[tuple[str, str], bytes]:
@@ -45,8 +45,8 @@ async def test_cameras_land_byte_identical_in_kafka(kafka: str) -> None:
         data = bytes(published.files[tid])
         assert end.size == len(data) and end.file_crc == crc16(data)
     for headers in published.chunk_headers:  # every record carries what a consumer checks
-        value_crc = int(headers[ChunkHeader.CRC])
-        assert 0 <= value_crc <= 0xFFFF and int(headers[ChunkHeader.ORIGIN]) >= 0
+        meta = ChunkMeta.from_headers(None, headers)
+        assert 0 <= meta.crc <= 0xFFFF and meta.origin is not None and meta.origin >= 0
     kinds = [type(e).__name__ for e in published.sessions]
     for name in ("Connected", "SessionStarted", "MetadataReceived", "TransferStarted",
                  "CrcMismatch", "TransferComplete", "Closed"):  # fmt: skip
@@ -81,11 +81,13 @@ class GatedSink:
 
 async def test_device_hears_done_only_after_kafka_acknowledged(kafka: str) -> None:
     config = settings(kafka)
-    inner = KafkaSink(config)
+    inner = KafkaSink(config.ingestor)
     await inner.producer.start()
     sink = GatedSink(inner)
-    ingestor = Ingestor(config, sink)
-    port = await ingestor.start()
+    ingestor = make_ingestor(config, sink)
+    await ingestor.start()
+    port = ingestor.port
+    assert port is not None
     item = DeviceFile(
         CameraFile.for_slot(DualCamSlot.PHOTO_FRONT), bytes(range(256)) * 40, bytes(32)
     )
@@ -142,7 +144,7 @@ async def test_malformed_session_is_closed_and_others_go_on(kafka: str) -> None:
 
 
 async def test_silent_connection_times_out(kafka: str) -> None:
-    async with running(settings(kafka, init_timeout=0.3)) as ingestor:
+    async with running(settings(kafka, hello_timeout_seconds=0.3)) as ingestor:
         assert ingestor.port is not None
         reader, writer = await asyncio.open_connection("127.0.0.1", ingestor.port)
         assert await asyncio.wait_for(reader.read(), 5) == b"\x00\x00\x00\x00"  # CLOSE, EOF
@@ -158,7 +160,7 @@ async def test_broker_gone_means_nothing_is_confirmed(tmp_path: Path) -> None:
     try:
         await wait_kafka(bootstrap)
         await create_topics(bootstrap)
-        config = settings(bootstrap, ack_timeout=1.0, kafka_request_timeout_ms=1500)
+        config = settings(bootstrap, ack_timeout_seconds=1.0, kafka_request_timeout_ms=1500)
         async with running(config) as ingestor:
             assert ingestor.port is not None
             broker.kill()  # SIGKILL: the broker is gone, the ingestor is not told
@@ -184,11 +186,13 @@ async def test_broker_gone_means_nothing_is_confirmed(tmp_path: Path) -> None:
 @pytest.mark.parametrize("limit", [8 * 1024])
 async def test_one_connection_holds_a_bounded_amount(kafka: str, limit: int) -> None:
     config = settings(kafka, max_buffered_bytes=limit, record_bytes=4096)
-    inner = KafkaSink(config)
+    inner = KafkaSink(config.ingestor)
     await inner.producer.start()
     sink = GatedSink(inner)
-    ingestor = Ingestor(config, sink)
-    port = await ingestor.start()
+    ingestor = make_ingestor(config, sink)
+    await ingestor.start()
+    port = ingestor.port
+    assert port is not None
     sim = SimulationConfig(
         port=port, devices=1, content=ContentSpec(photos=0, videos=1, video_size=2_000_000),
         timeout=20,

@@ -9,13 +9,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from camproto import DATA_CHUNK, CameraDevice, crc16
-from contracts import ChunkHeader, Topic
+from contracts import ChunkMeta, Topic
 from contracts import models as wire
-from ingestor.progress import ProgressBook, ProgressReader, supersedes
+from ingestor.camera.progress import ProgressBook, ProgressReader, supersedes
 from ingestor.server import Ingestor
 from simulator import ContentSpec, Faults, Fleet, SimulationConfig, simulate
 from tests.ingestor.ingestor_helpers import (
     Hopper,
+    book,
     dsm_video,
     dualcam_video,
     eventually,
@@ -38,7 +39,7 @@ def progress_of(
 async def wait_book(
     ingestor: Ingestor, check: Callable[[wire.TransferProgress], bool], within: float = 10.0
 ) -> None:
-    await eventually(lambda: any(check(e) for e in ingestor.book), within, "progress in the book")
+    await eventually(lambda: any(check(e) for e in book(ingestor)), within, "progress in the book")
 
 
 async def test_progress_follows_acknowledged_chunks(kafka: str) -> None:
@@ -95,11 +96,8 @@ async def test_device_resumes_on_the_same_ingestor(kafka: str) -> None:
     starts = await start_records(kafka)
     for tid in published.ends:
         first, second = starts[tid]  # one start record per session
-        origins = {
-            int(h[ChunkHeader.ORIGIN])
-            for h in published.chunk_headers
-            if h[ChunkHeader.TRANSFER].decode() == tid
-        }
+        metas = [ChunkMeta.from_headers(None, h) for h in published.chunk_headers]
+        origins = {m.origin for m in metas if m.transfer_id == tid}
         assert origins == {first[1]}  # the resumed session points back at the first start
         assert second[1] > first[1]
 
@@ -181,11 +179,11 @@ async def test_lost_resume_point_restarts_the_transfer(kafka: str) -> None:
         await wait_book(ingestor, lambda e: e.offset >= 20 * DATA_CHUNK)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        (entry,) = list(ingestor.book)
+        (entry,) = list(book(ingestor))
         # as if the log had restarted: the first start lies beyond anything written now
         forged = entry.model_copy(update={"origin": 10**9, "updated_at": datetime.now(UTC)})
-        ingestor.book.clear()
-        ingestor.book.apply(forged)
+        book(ingestor).clear()
+        book(ingestor).apply(forged)
         again = Hopper(device, [ingestor.port])
         await again.run(within=20)
     assert again.resumed == [entry.offset, 0] and "CLOSE" in again.endings[0]
@@ -246,21 +244,22 @@ async def test_reader_skips_malformed_records_and_honours_tombstones(kafka: str)
             await producer.send_and_wait(Topic.PROGRESS, value, key=key)
     finally:
         await producer.stop()
-    book = ProgressBook()
-    reader = ProgressReader(settings(kafka), book)
+    found = ProgressBook()
+    config = settings(kafka)
+    reader = ProgressReader(config.ingestor, config.camera, found)
     await reader.start()
     try:
         assert await reader.catch_up()
     finally:
         await reader.stop()
-    assert [p.transfer_id for p in book] == ["good"] and reader.records == 4
+    assert [p.transfer_id for p in found] == ["good"] and reader.records == 4
 
 
 # Graceful stop ---------------------------------------------------------------------------
 
 
 async def test_stop_closes_idle_sessions_at_once(kafka: str) -> None:
-    async with running(settings(kafka, drain_timeout=20)) as ingestor:
+    async with running(settings(kafka, drain_timeout_seconds=20)) as ingestor:
         assert ingestor.port is not None
         reader, writer = await asyncio.open_connection("127.0.0.1", ingestor.port)
         await eventually(lambda: len(ingestor.sessions) == 1, 5, "the session")
@@ -276,7 +275,7 @@ async def test_stop_closes_idle_sessions_at_once(kafka: str) -> None:
 async def test_stop_lets_a_transfer_in_flight_finish_its_file(kafka: str) -> None:
     item = dualcam_video(120_000)
     device = CameraDevice(imei=IMEI, files=[item, dualcam_video(30_000, seed=9)])
-    async with running(settings(kafka, drain_timeout=20)) as ingestor:
+    async with running(settings(kafka, drain_timeout_seconds=20)) as ingestor:
         assert ingestor.port is not None
         hopper = Hopper(device, [ingestor.port], rate=200_000)
         task = asyncio.create_task(hopper.run(within=20))
@@ -292,7 +291,7 @@ async def test_stop_cuts_at_the_deadline_and_the_device_resumes_elsewhere(kafka:
     item = dualcam_video(400_000)
     device = CameraDevice(imei=IMEI, files=[item])
     async with (
-        running(settings(kafka, instance="a", drain_timeout=0.3)) as a,
+        running(settings(kafka, instance="a", drain_timeout_seconds=0.3)) as a,
         running(settings(kafka, instance="b"), progress=True) as b,
     ):
         assert a.port is not None and b.port is not None
@@ -301,7 +300,7 @@ async def test_stop_cuts_at_the_deadline_and_the_device_resumes_elsewhere(kafka:
         task = asyncio.create_task(hopper.run(within=30))
         await eventually(lambda: hopper.sent > 60_000, 5, "the upload under way")
         await a.stop()  # 0.3 s more at 300 kB/s: not enough for 400 kB
-        (cut,) = list(a.book)  # what a made durable and published before its CLOSE
+        (cut,) = list(book(a))  # what a made durable and published before its CLOSE
         assert not cut.complete and cut.offset > 60_000
         await wait_book(b, lambda e: e.offset == cut.offset)
         gate.set()

@@ -251,12 +251,12 @@ class Pipeline:
             | {
                 "FLEETGATE_SPOOL_DIR": str(self.workdir / "spool"),
                 "FLEETGATE_S3_PART_SIZE": str(5 * 1024 * 1024),
-                "FLEETGATE_S3_RETRY_MAX": "1",
-                "FLEETGATE_S3_TIMEOUT": "5",
-                "FLEETGATE_BROKER_SESSION_TIMEOUT": "6",
-                "FLEETGATE_BROKER_REBALANCE_TIMEOUT": "6",
-                "FLEETGATE_BROKER_HEARTBEAT_INTERVAL": "1",
-                "FLEETGATE_BROKER_COMMIT_INTERVAL": "0.2",
+                "FLEETGATE_S3_RETRY_MAX_SECONDS": "1",
+                "FLEETGATE_S3_TIMEOUT_SECONDS": "5",
+                "FLEETGATE_BROKER_SESSION_TIMEOUT_SECONDS": "6",
+                "FLEETGATE_BROKER_REBALANCE_TIMEOUT_SECONDS": "6",
+                "FLEETGATE_BROKER_HEARTBEAT_INTERVAL_SECONDS": "1",
+                "FLEETGATE_BROKER_COMMIT_INTERVAL_SECONDS": "0.2",
             }
         )
         env |= {f"FLEETGATE_{k.upper()}": v for k, v in settings.items()}

@@ -72,7 +72,7 @@ async def test_ingestor_sigterm_cuts_at_a_durable_point_and_device_resumes(tmp_p
     imei, item = camera_file(6 * MB, seed=2)
     size = len(item.data)
     async with pipeline(tmp_path) as line:
-        a = line.ingestor("a", drain_timeout="1", close_timeout="5")
+        a = line.ingestor("a", drain_timeout_seconds="1", close_timeout_seconds="5")
         b = line.ingestor("b")
         line.assembler()
         await a.wait_listening()
@@ -237,7 +237,7 @@ async def test_broker_restart_services_carry_on(tmp_path: Path) -> None:
     caught_imei, caught = camera_file(2 * MB, seed=7)
     new_imei, new = camera_file(300_000, seed=6)
     async with pipeline(tmp_path) as line:
-        ingestor = line.ingestor("a", ack_timeout="5", kafka_request_timeout_ms="5000")
+        ingestor = line.ingestor("a", ack_timeout_seconds="5", kafka_request_timeout_ms="5000")
         assembler = line.assembler()
         await ingestor.wait_listening()
         assert ingestor.port is not None and line.broker is not None
@@ -283,7 +283,7 @@ async def test_broker_keeping_its_data_restarts_under_a_transfer(tmp_path: Path)
     from its durable offset, or the ingestor sees the log go back and has it start over."""
     imei, item = camera_file(1 * MB, seed=8)
     async with pipeline(tmp_path, durable_broker=True) as line:
-        ingestor = line.ingestor("a", ack_timeout="5", kafka_request_timeout_ms="5000")
+        ingestor = line.ingestor("a", ack_timeout_seconds="5", kafka_request_timeout_ms="5000")
         line.assembler()
         await ingestor.wait_listening()
         assert ingestor.port is not None and line.broker is not None

@@ -1,28 +1,24 @@
-"""One device connection: socket <-> camproto.ServerConnection <-> Kafka.
+"""One camera connection's adapter: ``camproto.ServerConnection`` events <-> Kafka records.
 
 The device hears "done" (REPEAT INIT) for a file only after Kafka has acknowledged, with
-acks=all, every record of it. Reading the socket pauses while too many bytes wait for Kafka.
+acks=all, every record of it (the ledger's barrier). Consecutive DATA packets are coalesced
+into chunk records of up to ``record_bytes``.
 
 Each chunk record Kafka acknowledges moves the transfer's durable offset, which goes out on
-``fleetgate.camera.progress.v1`` (:mod:`ingestor.progress`); a device that comes back, here
-or to another ingestor, resumes from there (:mod:`ingestor.resume`). On a stop request the
-session closes at once unless a file is in flight; told to cut (the drain deadline), it
-makes what it received durable, publishes that point, and only then sends CLOSE.
+``fleetgate.camera.progress.v1`` (:mod:`.progress`); a device that comes back, here or to
+another ingestor, resumes from there (:mod:`.resume`). The edge (:mod:`ingestor.connection`)
+runs the socket, the timeouts, backpressure and the drain; told to cut mid-file, this
+session makes what it received durable and publishes that point before the CLOSE.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
-
-import structlog
+from typing import Any
 
 from camproto import (
     DATA_CHUNK,
@@ -43,37 +39,23 @@ from camproto import (
     TransferComplete,
     TransferStarted,
 )
-from contracts import ChunkHeader, RecordKind, Topic, TransferProgress
+from contracts import ChunkMeta, Topic, TransferProgress
 from contracts import models as wire
 
+from ..adapter import Link, PeerError, Session
+from ..sink import KafkaFailed
 from . import metrics
-from .allowlist import NotAllowed, check_imei
 from .convert import capture_info, file_info
 from .progress import ProgressBook, ProgressPublisher
 from .resume import ResumePolicy
-from .settings import IngestorSettings
+from .settings import CameraSettings
 
-_log = structlog.get_logger("fleetgate.ingestor")
-_READ = 64 * 1024
+__all__ = ["CameraSession"]
+
 #: States in which a file is being received: a stop request waits for it (until the cut).
 _MID_TRANSFER = frozenset(
     {ServerState.AWAIT_SYNC, ServerState.RECEIVING, ServerState.AWAIT_CONFIRM}
 )
-
-
-class Sink(Protocol):
-    """Where records go: Kafka in production (``KafkaSink``)."""
-
-    async def send(
-        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
-    ) -> asyncio.Future[Any]:
-        """Enqueue one record, waiting while the producer is full; the future resolves to
-        its metadata (``.offset``) once the broker acknowledged it."""
-        ...
-
-
-class KafkaFailed(Exception):
-    """A record was not acknowledged: the file is not durable, so the device is not told."""
 
 
 def _now() -> datetime:
@@ -129,172 +111,122 @@ class _Transfer:
         return offset + size >= self.total
 
 
-@dataclass(slots=True)
-class CameraSession:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    sink: Sink
-    settings: IngestorSettings
-    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    imei: str | None = None
-    close_reason: str = "device_closed"
-    _conn: ServerConnection = field(init=False)
-    _metadata: dict[bytes, Metadata] = field(default_factory=dict)
-    _transfer: _Transfer | None = None
-    _pending: deque[tuple[asyncio.Future[Any], int]] = field(default_factory=deque)
-    _pending_bytes: int = 0
-    _received: int = 0
-    _opened: float = field(default_factory=time.monotonic)
-    peer: str = ""
-    _log: Any = None
-    #: Where resume points come from, and where progress goes; the ingestor shares one of
-    #: each between its sessions (a session alone makes its own).
-    book: ProgressBook | None = None
-    publisher: ProgressPublisher | None = None
-    _policy: ResumePolicy = field(init=False)
-    _own_publisher: bool = False
-    _stop_requested: bool = False
-    _cut: bool = False
-    _woken: bool = False
-    _read_timer: asyncio.Timeout | None = None
-    _abort: str | None = None
+class CameraSession(Session):
+    """A camera connection: feeds ``camproto``, publishes transfers, confirms durable files."""
 
-    def __post_init__(self) -> None:
-        if self.book is None:
-            self.book = ProgressBook(self.settings.progress_max_age)
-        if self.publisher is None:
-            self.publisher = ProgressPublisher(self.sink, self.book, self.settings.ack_timeout)
-            self._own_publisher = True
+    def __init__(
+        self,
+        link: Link,
+        settings: CameraSettings,
+        book: ProgressBook,
+        publisher: ProgressPublisher,
+    ) -> None:
+        self.link = link
+        self.settings = settings
+        #: Where resume points come from, and where progress goes (shared by the sessions).
+        self.book = book
+        self.publisher = publisher
         self._policy = ResumePolicy(
-            self.book, self.session_id, DefaultPolicy(metadata=self.settings.request_metadata)
+            book, link.session_id, DefaultPolicy(metadata=settings.request_metadata)
         )
         self._conn = ServerConnection(self._policy)
-        peer = self.writer.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self._log = _log.bind(session=self.session_id, peer=self.peer)
+        self._metadata: dict[bytes, Metadata] = {}
+        self._transfer: _Transfer | None = None
+        self._received = 0
+        self._opened = time.monotonic()
+        self._abort: str | None = None
+        self._detail = "session closed"
 
-    # The loop -------------------------------------------------------------------------
+    @property
+    def session_id(self) -> str:
+        return self.link.session_id
 
-    async def run(self, stopping: Callable[[], bool] = lambda: False) -> str:
-        """Serve the connection until it ends; return the close-reason category."""
-        await self._session_event(wire.Connected, peer=self.peer)
-        detail = ""
+    @property
+    def imei(self) -> str | None:
+        return self.link.imei
+
+    # What the edge asks ---------------------------------------------------------------
+
+    @property
+    def identified(self) -> bool:
+        return self.link.imei is not None
+
+    @property
+    def busy(self) -> bool:
+        return self._conn.state in _MID_TRANSFER
+
+    @property
+    def closed(self) -> bool:
+        return self._conn.state is ServerState.CLOSED
+
+    @property
+    def detail(self) -> str:
+        return self._detail
+
+    def next_deadline(self) -> float | None:
+        return self._conn.next_deadline()
+
+    def data_to_send(self) -> bytes:
+        return self._conn.data_to_send()
+
+    def summary(self) -> dict[str, Any]:
+        return {"bytes_received": self._received}
+
+    # What the edge feeds --------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._session_event(wire.Connected, peer=self.link.peer)
+
+    async def receive_data(self, data: bytes, now: float) -> None:
         try:
-            detail = await self._serve(stopping)
+            events = self._conn.receive_data(data, now)
         except RemoteProtocolError as exc:
-            self.close_reason, detail = "protocol_error", str(exc)
-            # Chunks that checked out before the error stay useful for a resume; a file
-            # completed in the same read cannot be confirmed any more, so the device resends.
-            kept = [e for e in exc.events if not isinstance(e, TransferComplete | SessionClosed)]
-            try:
-                await self._handle(kept)
-            except KafkaFailed as kafka:
-                self.close_reason, detail = "kafka_error", str(kafka)
-            except NotAllowed as refused:
-                self.close_reason, detail = "not_allowed", str(refused)
-        except NotAllowed as exc:
-            self.close_reason, detail = "not_allowed", str(exc)
-        except KafkaFailed as exc:
-            self.close_reason, detail = "kafka_error", str(exc)
-        except (ConnectionError, TimeoutError) as exc:
-            self.close_reason, detail = "device_closed", f"connection lost: {exc!r}"
-        finally:
-            self._read_timer = None
-            await self._finish(detail)
-        return self.close_reason
+            raise await self._salvage(exc) from exc
+        await self._handle(events)
+        if self._abort is not None:
+            self.link.close_reason = "resume_reset"
+            await self.close(self._abort)
 
-    async def _serve(self, stopping: Callable[[], bool]) -> str:
-        loop = asyncio.get_running_loop()
-        conn = self._conn
-        last_data = opened = loop.time()
-        while True:
-            if self._cut and conn.state in _MID_TRANSFER:
-                return await self._cut_transfer()
-            if (stopping() or self._stop_requested) and conn.state not in _MID_TRANSFER:
-                return await self._close("shutdown", "ingestor shutting down")
-            await self._bound_pending(self.settings.max_buffered_bytes)
-            idle = self.settings.idle_timeout if self.imei else self.settings.init_timeout
-            # INIT must come within init_timeout of connecting, however the bytes trickle in.
-            since = last_data if self.imei else opened
-            now = loop.time()
-            wait = since + idle - now
-            deadline = conn.next_deadline()
-            if deadline is not None:
-                wait = min(wait, deadline - now)
-            try:
-                async with asyncio.timeout(max(wait, 0)) as self._read_timer:
-                    data = await self.reader.read(_READ)
-            except TimeoutError:
-                self._read_timer = None
-                if self._woken:  # a stop request: the loop's head decides
-                    self._woken = False
-                    continue
-                now = loop.time()
-                if now - since >= idle:
-                    self.close_reason = "idle"
-                    why = f"no data for {idle:g} s" if self.imei else f"no INIT within {idle:g} s"
-                    await self._handle(conn.close(why))
-                    await self._write()
-                    return why
-                await self._handle(conn.handle_timeout(now))
-                await self._write()
-                if conn.state is ServerState.CLOSED:
-                    self.close_reason = "device_closed"
-                    return "device stopped answering RESUME"
-                continue
-            self._read_timer = None
-            self._woken = False
-            if not data:
-                await self._handle(conn.receive_eof())
-                return "device closed the connection"
-            last_data = loop.time()
-            await self._handle(conn.receive_data(data, last_data))
-            await self._write()
-            if self._abort is not None:
-                return await self._close("resume_reset", self._abort)
-            if conn.state is ServerState.CLOSED:
-                return "session closed"
+    async def receive_eof(self) -> None:
+        try:
+            events = self._conn.receive_eof()
+        except RemoteProtocolError as exc:
+            raise await self._salvage(exc) from exc
+        await self._handle(events)
 
-    # Stopping -------------------------------------------------------------------------
+    async def handle_timeout(self, now: float) -> None:
+        await self._handle(self._conn.handle_timeout(now))
+        if self.closed:
+            self.link.close_reason = "device_closed"
+            self._detail = "device stopped answering RESUME"
 
-    def request_stop(self, *, cut: bool = False) -> None:
-        """Close at once if no file is in flight, else when it is done; with ``cut``, also
-        mid-file: make what arrived durable, publish that point, then CLOSE."""
-        self._stop_requested = True
-        self._cut = self._cut or cut
-        timer = self._read_timer
-        if timer is not None:
-            with contextlib.suppress(RuntimeError):  # the read is over already
-                timer.reschedule(asyncio.get_running_loop().time())
-                self._woken = True
-
-    async def _close(self, reason: str, detail: str) -> str:
+    async def close(self, detail: str) -> None:
         """Send CLOSE SESSION: the device comes back later (here or elsewhere) for the rest."""
-        self.close_reason = reason
+        self._detail = detail
         await self._handle(self._conn.close(detail))
-        await self._write()
-        return detail
 
-    async def _cut_transfer(self) -> str:
-        """The drain deadline passed mid-file: reach a durable point, then CLOSE."""
+    async def _salvage(self, exc: RemoteProtocolError) -> PeerError:
+        """Chunks that checked out before the error stay useful for a resume; a file
+        completed in the same read cannot be confirmed any more, so the device resends."""
+        kept = [e for e in exc.events if not isinstance(e, TransferComplete | SessionClosed)]
+        await self._handle(kept)
+        return PeerError(str(exc))
+
+    async def cut(self) -> str:
+        """The drain deadline passed mid-file: reach a durable point (then the edge CLOSEs)."""
         transfer = self._transfer
         await self._flush_record()
-        await self._bound_pending(0)  # every record of this session acknowledged
+        await self.link.ledger.barrier()  # every record of this session acknowledged
         durable = 0
-        assert self.publisher is not None
         if transfer is not None:
             self._settle_acks(transfer)
             durable = transfer.durable
             await self.publisher.flush(transfer.id)  # and the progress record that says so
-        return await self._close(
-            "shutdown", f"ingestor shutting down; transfer durable up to byte {durable}"
-        )
+        return f"ingestor shutting down; transfer durable up to byte {durable}"
 
     async def _write(self) -> None:
-        out = self._conn.data_to_send()
-        if out:
-            self.writer.write(out)
-            await self.writer.drain()
+        """Write what the core has for the device now (a confirmation), mid-step."""
+        await self.link.transmit()
 
     # Events ---------------------------------------------------------------------------
 
@@ -320,9 +252,7 @@ class CameraSession:
             elif isinstance(event, FileOffered):
                 await self._session_event(wire.FileOffered, file=file_info(event.file))
             elif isinstance(event, SessionStarted):
-                self.imei = f"{event.imei:015d}"
-                self._log = self._log.bind(imei=self.imei)
-                check_imei(self.settings, self.imei)  # raises NotAllowed: nothing published
+                self.link.identify(f"{event.imei:015d}")  # NotAllowed: nothing published
                 await self._session_event(
                     wire.SessionStarted,
                     protocol=event.protocol,
@@ -332,19 +262,19 @@ class CameraSession:
                 )
             elif isinstance(event, SessionClosed):
                 if event.clean:
-                    self.close_reason = "clean"
+                    self.link.close_reason = "clean"
             elif isinstance(event, FileEmpty):
-                self._log.info("file_empty", file=event.file.path)
+                self.link.log.info("file_empty", file=event.file.path)
 
     async def _on_started(self, event: TransferStarted) -> None:
-        assert self.imei is not None and self.book is not None
+        assert self.imei is not None
         metadata = self._metadata.get(event.file.identifier)
         total = event.size if event.size is not None else event.packets or 0
         decision = self._policy.take(event.file)  # the id and resume point START got
         transfer_id, entry = decision.transfer_id, decision.entry
         if entry is not None and not entry.complete and entry.offset != event.resume_offset:
             entry = None  # camproto found the point unusable: the file starts at 0
-        self._log = self._log.bind(transfer=transfer_id)
+        self.link.log = self.link.log.bind(transfer=transfer_id)
         start_offset = -1
         if entry is not None and entry.complete:
             # Stored already; the device never heard REPEAT INIT. Take the resent tail,
@@ -360,7 +290,7 @@ class CameraSession:
                     # The chunk log restarted below the transfer's first start record (a
                     # broker that lost its data): nothing there to resume from.
                     metrics.resumes.labels("lost").inc()
-                    self._log.warning(
+                    self.link.log.warning(
                         "resume_point_lost",
                         origin=entry.origin,
                         partition=entry.partition,
@@ -369,7 +299,6 @@ class CameraSession:
                         offset=entry.offset,
                     )
                     self.book.clear()
-                    assert self.publisher is not None
                     self.publisher.forget(transfer_id)
                     self._abort = (
                         f"resume point of {transfer_id} lost: chunk log reset "
@@ -423,12 +352,9 @@ class CameraSession:
             resume_offset=event.resume_offset,
             started_at=_now(),
         )
-        headers = [
-            _header(ChunkHeader.KIND, RecordKind.START),
-            _header(ChunkHeader.TRANSFER, transfer_id),
-        ]
+        headers = ChunkMeta.start(transfer_id).headers()
         future = await self._send(Topic.CHUNKS, transfer_id.encode(), wire.encode(start), headers)
-        meta = await self._ack(future)
+        meta = await self.link.ledger.acknowledged(future)
         return int(meta.offset), int(getattr(meta, "partition", -1))
 
     async def _on_chunk(self, event: ChunkReceived) -> None:
@@ -471,15 +397,14 @@ class CameraSession:
         if transfer is None or transfer.record is None:
             return
         record, transfer.record = transfer.record, None
-        headers = [
-            _header(ChunkHeader.KIND, RecordKind.CHUNK),
-            _header(ChunkHeader.TRANSFER, transfer.id),
-            _header(ChunkHeader.OFFSET, record.offset),
-            _header(ChunkHeader.CRC_INIT, record.crc_init),
-            _header(ChunkHeader.CRC, record.crc),
-            _header(ChunkHeader.FILE_CRC, record.file_crc),
-            _header(ChunkHeader.ORIGIN, transfer.origin),
-        ]
+        headers = ChunkMeta.chunk(
+            transfer.id,
+            offset=record.offset,
+            crc_init=record.crc_init,
+            crc=record.crc,
+            file_crc=record.file_crc,
+            origin=transfer.origin,
+        ).headers()
         value = b"".join(record.parts)
         future = await self._send(Topic.CHUNKS, transfer.id.encode(), value, headers)
         transfer.acks.append((future, record.safe_end, record.safe_crc))
@@ -501,7 +426,6 @@ class CameraSession:
                 transfer.durable, transfer.durable_crc = end, crc
                 advanced = True
         if advanced and not transfer.broken:
-            assert self.publisher is not None
             self.publisher.publish(self._progress(transfer))
 
     def _in_order(self, transfer: _Transfer, meta: Any) -> bool:
@@ -516,14 +440,15 @@ class CameraSession:
             return True
         transfer.lost = transfer.broken = True
         transfer.acks.clear()
-        self._log.warning(
+        # Every later wait for Kafka in this session fails: nothing of it may be confirmed.
+        self.link.ledger.fail(f"the broker lost the records of {transfer.id}")
+        self.link.log.warning(
             "chunk_log_reset",
             partition=partition,
             offset=offset,
             expected_partition=transfer.partition,
             after_offset=transfer.last_offset,
         )
-        assert self.book is not None and self.publisher is not None
         self.book.clear()  # every entry points into the lost log
         self.publisher.forget(transfer.id)
         return False
@@ -546,7 +471,7 @@ class CameraSession:
             size=size,
             file_crc=file_crc,
             session_id=self.session_id,
-            ingestor=self.settings.instance,
+            ingestor=self.link.instance,
             updated_at=_now(),
         )
 
@@ -580,19 +505,14 @@ class CameraSession:
             device_crc_ok=event.device_crc_ok,
             ended_at=_now(),
         )
-        headers = [
-            _header(ChunkHeader.KIND, RecordKind.END),
-            _header(ChunkHeader.TRANSFER, transfer.id),
-            _header(ChunkHeader.ORIGIN, transfer.origin),
-        ]
+        headers = ChunkMeta.end(transfer.id, origin=transfer.origin).headers()
         last_byte = time.monotonic()
         await self._send(Topic.CHUNKS, transfer.id.encode(), wire.encode(end), headers)
-        await self._bound_pending(0)  # every record of the file acknowledged
+        await self.link.ledger.barrier()  # every record of the file acknowledged
         durable = time.monotonic() - last_byte
         self._settle_acks(transfer)
         if transfer.lost:
             raise KafkaFailed(f"the broker lost the records of {transfer.id}; not confirmed")
-        assert self.publisher is not None
         if not transfer.broken:
             self.publisher.publish(self._progress(transfer, event.size, event.file_crc))
         self._conn.confirm_file()
@@ -601,7 +521,7 @@ class CameraSession:
         metrics.durable_seconds.observe(durable)
         metrics.transfer_seconds.observe(elapsed)
         metrics.files.labels(transfer.file.camera.value).inc()
-        self._log.info(
+        self.link.log.info(
             "transfer",
             file=transfer.file.path,
             camera=transfer.file.camera.value,
@@ -622,7 +542,7 @@ class CameraSession:
             durable_seconds=durable,
         )
         self._transfer = None
-        self._log = self._log.unbind("transfer")
+        self.link.log = self.link.log.unbind("transfer")
 
     async def _on_replayed(self, transfer: _Transfer, event: TransferComplete) -> None:
         """A transfer already complete in Kafka came again: confirm it, publish nothing."""
@@ -631,12 +551,12 @@ class CameraSession:
         if entry.file_crc is not None and entry.file_crc != event.file_crc:
             # Same IMEI, file, size and capture time, other bytes at the end: keep what is
             # stored (its records are all in Kafka) and say so.
-            self._log.warning(
+            self.link.log.warning(
                 "replay_differs", stored_crc=entry.file_crc, resent_crc=event.file_crc
             )
         self._conn.confirm_file()
         await self._write()
-        self._log.info(
+        self.link.log.info(
             "transfer_already_complete",
             file=transfer.file.path,
             size=event.size,
@@ -652,14 +572,14 @@ class CameraSession:
             durable_seconds=0.0,
         )
         self._transfer = None
-        self._log = self._log.unbind("transfer")
+        self.link.log = self.link.log.unbind("transfer")
 
     # Kafka ----------------------------------------------------------------------------
 
     async def _session_event(self, model: type[Any], **fields: Any) -> None:
         event = model(
             session_id=self.session_id,
-            ingestor=self.settings.instance,
+            ingestor=self.link.instance,
             imei=self.imei,
             at=_now(),
             **fields,
@@ -670,85 +590,21 @@ class CameraSession:
     async def _send(
         self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
     ) -> asyncio.Future[Any]:
-        try:
-            # Enqueueing waits while the producer is full (backpressure) or has no metadata
-            # (broker unreachable); the latter must not hang the session.
-            async with asyncio.timeout(self.settings.ack_timeout):
-                future = await self.sink.send(topic, key, value, headers)
-        except Exception as exc:  # refused outright, or no room for ack_timeout seconds
-            raise KafkaFailed(f"cannot enqueue to {topic}: {exc!r}") from exc
-        metrics.kafka_records.labels(topic).inc()
-        self._pending.append((future, len(value)))
-        self._pending_bytes += len(value)
-        return future
+        return await self.link.ledger.publish(topic, key, value, headers)
 
-    async def _ack(self, future: Awaitable[Any]) -> Any:
-        try:
-            async with asyncio.timeout(self.settings.ack_timeout):
-                return await future
-        except Exception as exc:
-            raise KafkaFailed(f"record not acknowledged: {exc!r}") from exc
-
-    async def _bound_pending(self, limit: int) -> None:
-        """Wait for Kafka until at most ``limit`` bytes are unacknowledged."""
-        if self._transfer is not None and self._transfer.lost:
-            raise KafkaFailed(f"the broker lost the records of {self._transfer.id}")
-        while self._pending and (self._pending_bytes > limit or self._pending[0][0].done()):
-            future, size = self._pending[0]
-            await self._ack(future)
-            self._pending.popleft()
-            self._pending_bytes -= size
-
-    async def _finish(self, detail: str) -> None:
-        try:
-            if self.close_reason != "kafka_error":
-                await self._flush_record()  # valid bytes are worth keeping for a resume
-                await self._session_event(
-                    wire.Closed,
-                    reason=detail or self.close_reason,
-                    clean=self.close_reason == "clean",
-                    bytes_received=self._received,
-                    duration_seconds=time.monotonic() - self._opened,
-                )
-                await self._bound_pending(0)
-                transfer = self._transfer
-                if transfer is not None:  # cut short: say where a resume can start
-                    self._settle_acks(transfer)
-                    assert self.publisher is not None
-                    await self.publisher.flush(transfer.id)
-        except KafkaFailed as exc:
-            self.close_reason, detail = "kafka_error", str(exc)
-        finally:
-            # Records never awaited (the session failed first) still resolve later; take
-            # their outcome so a failure is not reported again as "never retrieved".
-            for future, _size in self._pending:
-                future.add_done_callback(_retrieve)
-            self._pending.clear()
-            self._pending_bytes = 0
-            if self._own_publisher and self.publisher is not None:
-                broken = self.close_reason == "kafka_error"
-                await self.publisher.close(within=0 if broken else self.settings.close_timeout)
-            metrics.sessions_closed.labels(self.close_reason).inc()
-            level = "info" if self.close_reason in ("clean", "device_closed") else "warning"
-            getattr(self._log, level)(
-                "session_closed",
-                reason=self.close_reason,
-                detail=detail,
-                bytes_received=self._received,
-                seconds=round(time.monotonic() - self._opened, 3),
-            )
-            self.writer.close()
-            try:
-                async with asyncio.timeout(2):
-                    await self.writer.wait_closed()
-            except (TimeoutError, ConnectionError):
-                pass
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
-def _header(name: ChunkHeader, value: object) -> tuple[str, bytes]:
-    return (name.value, str(value).encode())
+    async def finish(self, detail: str) -> None:
+        """Valid bytes are worth keeping for a resume: flush them, say the session closed,
+        and, cut short mid-file, publish where a resume can start."""
+        await self._flush_record()
+        await self._session_event(
+            wire.Closed,
+            reason=detail,
+            clean=self.link.close_reason == "clean",
+            bytes_received=self._received,
+            duration_seconds=time.monotonic() - self._opened,
+        )
+        await self.link.ledger.barrier()
+        transfer = self._transfer
+        if transfer is not None:
+            self._settle_acks(transfer)
+            await self.publisher.flush(transfer.id)

@@ -12,7 +12,7 @@ pieces here:
   in the book once Kafka acknowledged it.
 * :class:`ProgressReader`: a plain consumer (no group, every partition, from the earliest
   offset) that fills the book at start and then follows the topic. Catching up means reading
-  until a poll returns nothing for ``progress_catchup_idle`` seconds: end offsets are not
+  until a poll returns nothing for ``progress_catchup_idle_seconds``: end offsets are not
   trusted (Tansu's ListOffsets(latest) is wrong after batched writes).
 
 Nothing here is needed for correctness: without a record, or with an old one, a device
@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -36,11 +36,11 @@ from pydantic import ValidationError
 import contracts
 from contracts import Topic, TransferProgress
 
+from .. import metrics as edge_metrics
+from ..settings import IngestorSettings
+from ..sink import Sink
 from . import metrics
-from .settings import IngestorSettings
-
-if TYPE_CHECKING:
-    from .session import Sink
+from .settings import CameraSettings
 
 __all__ = ["ProgressBook", "ProgressPublisher", "ProgressReader", "supersedes"]
 
@@ -170,7 +170,7 @@ class ProgressPublisher:
                     _log.warning("progress_not_sent", transfer=tid, error=repr(exc))
                     self._done(tid)
                     continue
-                metrics.kafka_records.labels(Topic.PROGRESS).inc()
+                edge_metrics.kafka_records.labels(Topic.PROGRESS).inc()
                 self._inflight.add(future)
                 future.add_done_callback(partial(self._acknowledged, tid, progress))
             self._settle()
@@ -230,8 +230,11 @@ class ProgressPublisher:
 class ProgressReader:
     """Reads ``fleetgate.camera.progress.v1`` into a :class:`ProgressBook` and follows it."""
 
-    def __init__(self, settings: IngestorSettings, book: ProgressBook) -> None:
+    def __init__(
+        self, settings: IngestorSettings, camera: CameraSettings, book: ProgressBook
+    ) -> None:
         self.settings = settings
+        self.camera = camera
         self.book = book
         self.records = 0
         self.consumer = AIOKafkaConsumer(
@@ -303,22 +306,22 @@ class ProgressReader:
         self.book.apply(progress)
 
     async def catch_up(self) -> bool:
-        """Read until a poll returns nothing for ``progress_catchup_idle`` seconds (or
-        ``progress_catchup_timeout`` passes: False then)."""
-        settings = self.settings
+        """Read until a poll returns nothing for ``progress_catchup_idle_seconds`` (or
+        ``progress_catchup_timeout_seconds`` pass: False then)."""
+        settings = self.camera
         began = time.monotonic()
-        deadline = began + settings.progress_catchup_timeout
+        deadline = began + settings.progress_catchup_timeout_seconds
         while not await self._assign():
             if time.monotonic() > deadline:
                 _log.warning("progress_topic_missing", topic=str(Topic.PROGRESS))
                 return False
             await asyncio.sleep(0.2)
         quiet_since = time.monotonic()
-        while time.monotonic() - quiet_since < settings.progress_catchup_idle:
+        while time.monotonic() - quiet_since < settings.progress_catchup_idle_seconds:
             if time.monotonic() > deadline:
                 _log.warning("progress_catch_up_timeout", records=self.records)
                 return False
-            if await self._poll(min(0.1, settings.progress_catchup_idle)):
+            if await self._poll(min(0.1, settings.progress_catchup_idle_seconds)):
                 quiet_since = time.monotonic()
         _log.info(
             "progress_caught_up",

@@ -1,0 +1,43 @@
+"""Camera metrics. No per-device labels: results and cameras are small fixed sets."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+file_bytes = Counter("fleetgate_ingestor_file_bytes_total", "File bytes received with a good CRC")
+files = Counter(
+    "fleetgate_ingestor_files_total", "Files received whole and durable in Kafka", ["camera"]
+)
+crc_mismatches = Counter("fleetgate_ingestor_crc_mismatches_total", "DATA packets with a bad CRC")
+durable_seconds = Histogram(
+    "fleetgate_ingestor_durable_seconds",
+    "From a file's last byte to Kafka acknowledging all of it",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+transfer_seconds = Histogram(
+    "fleetgate_ingestor_transfer_seconds",
+    "From START to the file being durable",
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+)
+
+resumes = Counter(
+    "fleetgate_ingestor_resumes_total",
+    "Transfers resumed from the progress topic: resumed (from the durable offset), complete "
+    "(done already, only the last packet resent), lost (the chunk log was reset: restarted)",
+    ["result"],
+)
+resumed_bytes = Counter(
+    "fleetgate_ingestor_resumed_bytes_total", "File bytes devices did not resend thanks to resumes"
+)
+progress_entries = Gauge(
+    "fleetgate_ingestor_progress_transfers", "Transfers known from the progress topic"
+)
+progress_errors = Counter(
+    "fleetgate_ingestor_progress_errors_total",
+    "Progress records not sent, not acknowledged, malformed, or failed reads",
+)
+
+for _result in ("resumed", "complete", "lost"):
+    resumes.labels(_result)
+for _camera in ("dualcam", "dsm", "adas", "dashcam", "unknown"):
+    files.labels(_camera)

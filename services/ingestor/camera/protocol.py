@@ -1,0 +1,74 @@
+"""The camera protocol as the edge hosts it: the progress book every session shares."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, ClassVar
+
+from ..adapter import Link, Protocol, Session
+from ..settings import IngestorSettings, ListenerSettings
+from ..sink import Sink
+from . import metrics
+from .progress import ProgressBook, ProgressPublisher, ProgressReader
+from .session import CameraSession
+from .settings import CameraSettings
+
+__all__ = ["CameraProtocol"]
+
+
+class CameraProtocol(Protocol):
+    """Teltonika camera file transfers (``camproto``).
+
+    Before its listener accepts, it reads ``fleetgate.camera.progress.v1`` into the
+    :class:`ProgressBook` and then follows it (``read_progress``; tests may turn it off), so
+    a device that comes back resumes where Kafka has its file up to. Its sessions share the
+    book and one :class:`ProgressPublisher`, flushed when the ingestor stops.
+    """
+
+    name: ClassVar[str] = "camera"
+    hello: ClassVar[str] = "INIT"
+    close_reasons: ClassVar[tuple[str, ...]] = ("resume_reset",)
+    settings_class: ClassVar[type[ListenerSettings]] = CameraSettings
+
+    def __init__(
+        self,
+        settings: ListenerSettings,
+        edge: IngestorSettings,
+        sink: Sink,
+        *,
+        read_progress: bool = True,
+    ) -> None:
+        super().__init__(settings, edge, sink)
+        assert isinstance(settings, CameraSettings)
+        self.camera = settings
+        self.book = ProgressBook(settings.progress_max_age_seconds)
+        self.publisher = ProgressPublisher(sink, self.book, edge.ack_timeout_seconds)
+        self.reader = ProgressReader(edge, settings, self.book) if read_progress else None
+        self._following: asyncio.Task[None] | None = None
+        self._reading = False
+        metrics.progress_entries.set_function(lambda: len(self.book))
+
+    async def start(self) -> None:
+        if self.reader is not None:
+            await self.reader.start()
+            self._reading = True
+            await self.reader.catch_up()
+            self._following = asyncio.create_task(self.reader.follow(), name="progress reader")
+
+    def session(self, link: Link) -> Session:
+        return CameraSession(link, self.camera, self.book, self.publisher)
+
+    async def stop(self) -> None:
+        await self.publisher.close(within=self.edge.close_timeout_seconds)
+        if self._following is not None:
+            self._following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._following
+            self._following = None
+        if self.reader is not None and self._reading:
+            self._reading = False
+            await self.reader.stop()
+
+    def describe(self) -> dict[str, Any]:
+        return {"transfers_known": len(self.book)}
