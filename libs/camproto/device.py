@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from ._crc import crc16
-from ._wire import CLOSE, DATA_CHUNK, CommandId, DeviceFrameReader, FrameError, encode
+from ._wire import (
+    CLOSE,
+    DATA_CHUNK,
+    CommandId,
+    DeviceFrameReader,
+    FrameError,
+    encode,
+    packet_count,
+)
 from .errors import LocalProtocolError, RemoteProtocolError
 from .events import (
     CloseRequested,
@@ -45,7 +53,7 @@ class DeviceFile:
 
     @property
     def packets(self) -> int:
-        return -(-len(self.data) // DATA_CHUNK)
+        return packet_count(len(self.data))
 
 
 @dataclass(slots=True)
