@@ -3,15 +3,18 @@ or a loop. Every test here failed before the fix."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import pytest
 
 from camproto import (
     STATUS_ACTIONS,
+    CameraDevice,
     CameraFile,
     DefaultPolicy,
     DelegatingPolicy,
+    DeviceFile,
     DeviceStatus,
     DualCamSlot,
     EmptyFileMemory,
@@ -41,11 +44,15 @@ from tests.camproto.camproto_helpers import (
     DSM_INIT,
     DSM_PATH,
     PHOTOF_INIT,
+    DevicePair,
     bytewise,
     data_frame,
     frame,
     init_bytes,
+    path_file,
+    payload_bytes,
     server_in,
+    slot_file,
     start_frame,
     u32,
 )
@@ -381,3 +388,62 @@ def test_policy_base_defaults() -> None:
     events = server.receive_data(PHOTOF_INIT, 0.0)
     assert isinstance(events[0], SessionStarted)
     assert server.data_to_send() == REQUEST_PHOTOF
+
+
+# --- the device role plays each failure; the server ends the session by itself ------------------
+
+
+def _device(*files: DeviceFile, **faults: object) -> CameraDevice:
+    return CameraDevice(imei=COMMUNITY_IMEI, files=list(files), **faults)  # type: ignore[arg-type]
+
+
+PHOTO = slot_file(DualCamSlot.PHOTO_FRONT, payload_bytes(2500, seed=1))
+VIDEO = slot_file(DualCamSlot.VIDEO_REAR, payload_bytes(5000, seed=2))
+PICTURE = path_file(DSM_PATH, payload_bytes(1500, seed=3))
+
+
+@pytest.mark.parametrize(
+    ("device", "reason", "clean"),
+    [
+        (
+            _device(empty_paths=1, extra_settings=0),
+            "device has no file ready (bare NUL path)",
+            True,
+        ),
+        (
+            _device(PHOTO, VIDEO, stuck={b"%videor"}),
+            "%videor: came back empty (START 0) in this session",
+            True,
+        ),
+        (
+            _device(PHOTO, VIDEO, gone={b"%videor"}),
+            "%videor: not available (device STATUS 0x11)",
+            True,
+        ),
+        (_device(PHOTO, gone={b"%photof"}), "%photof: not available (device STATUS 0x11)", True),
+        (_device(PICTURE, metadata_status={DSM_PATH: 2}), "no more files", True),
+        (
+            _device(PHOTO, request_status={b"%photof": 3}),
+            "device STATUS 0x03 about %photof in state AWAIT_START",
+            False,
+        ),
+        (
+            _device(PHOTO, protocol=9),
+            f"INIT protocol id 9 unsupported (supported: 1, 2, 3, 4, 5, 6); IMEI {COMMUNITY_IMEI}",
+            False,
+        ),
+    ],
+    ids=["no-file", "empty", "gone-next", "gone-last", "metadata-error", "status", "protocol"],
+)
+def test_device_failure_paths_end_the_session(
+    device: CameraDevice, reason: str, clean: bool
+) -> None:
+    device = copy.deepcopy(device)
+    deliverable = {item.file.identifier: item.data for item in device.pending}
+    if device.request_status or device.protocol == 9:
+        deliverable = {}
+    pair = DevicePair(device, ServerConnection(opened=0.0)).run()
+    assert pair.server_closed
+    assert pair.closed_event() == SessionClosed(reason=reason, clean=clean)
+    assert pair.conn.closed  # the device heard CLOSE
+    assert pair.store.files() == deliverable  # the rest came through intact
