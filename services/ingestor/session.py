@@ -25,16 +25,17 @@ from typing import Any, Protocol
 import structlog
 
 from camproto import (
-    DATA_CHUNK,
     CameraFile,
     ChunkReceived,
     CrcMismatch,
     DefaultPolicy,
     Event,
     FileEmpty,
+    FileGivenUp,
     FileOffered,
     Metadata,
     MetadataReceived,
+    PathEmpty,
     RemoteProtocolError,
     ServerConnection,
     ServerState,
@@ -121,12 +122,6 @@ class _Transfer:
     lost: bool = False
     bytes: int = 0
     crc_mismatches: int = 0
-
-    def is_last(self, offset: int, size: int) -> bool:
-        """Whether the DATA packet at ``offset`` is the file's last one."""
-        if self.by_packets:
-            return offset // DATA_CHUNK >= self.total - 1
-        return offset + size >= self.total
 
 
 @dataclass(slots=True)
@@ -240,7 +235,7 @@ class CameraSession:
                 await self._write()
                 if conn.state is ServerState.CLOSED:
                     self.close_reason = "device_closed"
-                    return "device stopped answering RESUME"
+                    return conn.closed_reason or "device stopped answering RESUME"
                 continue
             self._read_timer = None
             self._woken = False
@@ -253,7 +248,7 @@ class CameraSession:
             if self._abort is not None:
                 return await self._close("resume_reset", self._abort)
             if conn.state is ServerState.CLOSED:
-                return "session closed"
+                return conn.closed_reason or "session closed"
 
     # Stopping -------------------------------------------------------------------------
 
@@ -335,6 +330,10 @@ class CameraSession:
                     self.close_reason = "clean"
             elif isinstance(event, FileEmpty):
                 self._log.info("file_empty", file=event.file.path)
+            elif isinstance(event, FileGivenUp):
+                self._log.warning("file_given_up", file=event.file.path, sessions=event.sessions)
+            elif isinstance(event, PathEmpty):
+                self._log.info("path_empty")  # the device has no file ready
 
     async def _on_started(self, event: TransferStarted) -> None:
         assert self.imei is not None and self.book is not None
@@ -463,8 +462,7 @@ class CameraSession:
                 safe_end=event.offset,
                 safe_crc=before,
             )
-        if not transfer.is_last(event.offset, size):
-            record.safe_end, record.safe_crc = event.offset + size, event.file_crc
+        record.safe_end, record.safe_crc = event.resume_end, event.resume_crc
 
     async def _flush_record(self) -> None:
         transfer = self._transfer
