@@ -27,8 +27,9 @@ def mermaid() -> str:
         label = trigger.name if isinstance(trigger, CommandId) else trigger.name.lower()
         for next_state in sorted(targets, key=lambda s: s.name):
             edges.setdefault((state.name, next_state.name), []).append(label)
-    for (source, target), labels in edges.items():
-        lines.append(f"    {source} --> {target}: {' / '.join(labels)}")
+    order = {state.name: index for index, state in enumerate(ServerState)}
+    for source, target in sorted(edges, key=lambda edge: (order[edge[0]], order[edge[1]])):
+        lines.append(f"    {source} --> {target}: {' / '.join(edges[source, target])}")
     lines.append("    CLOSED --> [*]")
     return "\n".join(lines) + "\n"
 

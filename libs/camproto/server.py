@@ -144,7 +144,8 @@ S = ServerState
 C = CommandId
 K = StatusKind
 A = StatusAction
-_OPEN = frozenset(S) - {S.CLOSED, S.ERROR}
+#: Open states in definition order (a frozenset would iterate in a per-process hash order).
+_OPEN = tuple(state for state in S if state not in (S.CLOSED, S.ERROR))
 
 #: ``(state, kind of status) -> action``: the transition of every device STATUS.
 STATUS_ACTIONS: dict[tuple[ServerState, StatusKind], StatusAction] = {
@@ -213,7 +214,11 @@ TRANSITIONS: dict[tuple[ServerState, CommandId | LocalInput], frozenset[ServerSt
     (S.RECEIVING, C.SYNC): frozenset({S.RECEIVING, S.AWAIT_SYNC}),
     (S.AWAIT_CONFIRM, LocalInput.CONFIRM_FILE): frozenset({S.AWAIT_INIT}),
     # Every other state waits for the device with a deadline; missing it closes the session.
-    **{(state, LocalInput.TIMEOUT): frozenset({S.CLOSED}) for state in _OPEN - {S.AWAIT_SYNC}},
+    **{
+        (state, LocalInput.TIMEOUT): frozenset({S.CLOSED})
+        for state in _OPEN
+        if state is not S.AWAIT_SYNC
+    },
     **{(state, C.STATUS): _status_targets(state) for state in _OPEN},
     **{(state, LocalInput.CLOSE): frozenset({S.CLOSED}) for state in _OPEN},
     **{(state, LocalInput.EOF): frozenset({S.CLOSED}) for state in _OPEN},
