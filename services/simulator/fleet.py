@@ -324,9 +324,11 @@ class SimulatedDevice:
                     if outcome.connections:
                         await asyncio.sleep(config.reconnect_backoff)
                     end, reason = await self._connection(camera)
-                    # The one-connection failures are over: later connections are clean.
-                    camera.request_status.clear()
-                    camera.protocol = config.protocol
+                    # A one-connection failure is over: the bad INIT first, then the STATUS.
+                    if camera.protocol != config.protocol:
+                        camera.protocol = config.protocol
+                    else:
+                        camera.request_status.clear()
                     _log.debug(
                         "device %s connection %d: %s", camera.imei, outcome.connections, reason
                     )
