@@ -105,7 +105,6 @@ class _Transfer:
     started: float
     resume_offset: int
     total: int  # as START said: packets (DualCam) or bytes
-    by_packets: bool
     file_crc: int  # CRC-16 of the bytes received so far, from byte 0
     durable: int  # bytes [0, durable) acknowledged by Kafka: a resume point
     durable_crc: int
@@ -389,7 +388,6 @@ class CameraSession:
             started=time.monotonic(),
             resume_offset=event.resume_offset,
             total=total,
-            by_packets=event.packets is not None,
             file_crc=resumed_crc,
             durable=event.resume_offset,
             durable_crc=resumed_crc,
