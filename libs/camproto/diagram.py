@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from ._wire import CommandId
-from .server import STATUS_ACTIONS, TRANSITIONS, LocalInput, ServerState, StatusKind
+from .transitions import STATUS_ACTIONS, TRANSITIONS, LocalInput, ServerState, StatusKind
 
 _KIND_LABELS = {
     StatusKind.OK: "0 (OK)",
