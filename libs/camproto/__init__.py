@@ -5,7 +5,7 @@ asyncio, logging or clocks inside; see ``docs/camera-protocol.md`` for the flows
 """
 
 from ._crc import CHECK_VALUE, crc16
-from ._wire import DATA_CHUNK, MAX_METADATA, MAX_PATH, CommandId
+from ._wire import DATA_CHUNK, MAX_METADATA, MAX_PATH, CommandId, packet_count
 from .device import CameraDevice, DeviceConnection, DeviceFile, DeviceState
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from .events import (
@@ -15,10 +15,12 @@ from .events import (
     Event,
     FileAccepted,
     FileEmpty,
+    FileGivenUp,
     FileOffered,
     FileRequested,
     MetadataReceived,
     MetadataRequested,
+    PathEmpty,
     PathRequested,
     ResumeRequested,
     SessionClosed,
@@ -37,17 +39,28 @@ from .metadata import (
     RawMetadata,
     decode_metadata,
 )
-from .server import (
-    TRANSITIONS,
+from .policy import (
     DefaultPolicy,
-    LocalInput,
+    DelegatingPolicy,
+    EmptyFileMemory,
+    PolicyBase,
     ResumePoint,
-    ServerConfig,
-    ServerConnection,
     ServerPolicy,
-    ServerState,
     SessionInfo,
     TransferInfo,
+)
+from .server import (
+    STATUS_ACTIONS,
+    SUPPORTED_PROTOCOLS,
+    TRANSITIONS,
+    DeviceStatus,
+    LocalInput,
+    ServerConfig,
+    ServerConnection,
+    ServerState,
+    StatusAction,
+    StatusKind,
+    status_action,
 )
 
 __all__ = [
@@ -55,6 +68,8 @@ __all__ = [
     "DATA_CHUNK",
     "MAX_METADATA",
     "MAX_PATH",
+    "STATUS_ACTIONS",
+    "SUPPORTED_PROTOCOLS",
     "TRANSITIONS",
     "AdasMetadata",
     "Camera",
@@ -65,15 +80,19 @@ __all__ = [
     "CommandId",
     "CrcMismatch",
     "DefaultPolicy",
+    "DelegatingPolicy",
     "DeviceConnection",
     "DeviceFile",
     "DeviceState",
+    "DeviceStatus",
     "DsmMetadata",
     "DualCamMetadata",
     "DualCamSlot",
+    "EmptyFileMemory",
     "Event",
     "FileAccepted",
     "FileEmpty",
+    "FileGivenUp",
     "FileOffered",
     "FileRequested",
     "JsonMetadata",
@@ -83,7 +102,9 @@ __all__ = [
     "Metadata",
     "MetadataReceived",
     "MetadataRequested",
+    "PathEmpty",
     "PathRequested",
+    "PolicyBase",
     "ProtocolError",
     "RawMetadata",
     "RemoteProtocolError",
@@ -96,10 +117,14 @@ __all__ = [
     "SessionClosed",
     "SessionInfo",
     "SessionStarted",
+    "StatusAction",
+    "StatusKind",
     "StatusReceived",
     "TransferComplete",
     "TransferInfo",
     "TransferStarted",
     "crc16",
     "decode_metadata",
+    "packet_count",
+    "status_action",
 ]

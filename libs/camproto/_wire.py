@@ -22,6 +22,7 @@ __all__ = [
     "FrameError",
     "ServerFrameReader",
     "encode",
+    "packet_count",
 ]
 
 #: File data per DATA packet (DualCam packet offsets count these).
@@ -32,6 +33,13 @@ MAX_PATH = 512
 MAX_METADATA = 1024
 
 _HEADER = struct.Struct(">HH")
+
+
+def packet_count(size: int) -> int:
+    """DATA packets a file of ``size`` bytes takes: what a DualCam START announces."""
+    return -(-size // DATA_CHUNK)
+
+
 _U16 = struct.Struct(">H")
 
 

@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from ._crc import crc16
-from ._wire import CLOSE, DATA_CHUNK, CommandId, DeviceFrameReader, FrameError, encode
+from ._wire import (
+    CLOSE,
+    DATA_CHUNK,
+    CommandId,
+    DeviceFrameReader,
+    FrameError,
+    encode,
+    packet_count,
+)
 from .errors import LocalProtocolError, RemoteProtocolError
 from .events import (
     CloseRequested,
@@ -31,6 +39,10 @@ __all__ = ["CameraDevice", "DeviceConnection", "DeviceFile", "DeviceState"]
 _INIT = struct.Struct(">HHQI")
 _START = struct.Struct(">IH")
 _U32 = struct.Struct(">I")
+#: FILE TRANSFER STATUS "file not available" (camproto.DeviceStatus.FILE_NOT_AVAILABLE).
+FILE_NOT_AVAILABLE = 0x11
+#: FILE PATH RESPONSE of a device with no file: ``000D 0001 00``.
+NO_PATH = b"\x00"
 #: Settings bits 30 and 10 are set in every DualCam INIT captured; their meaning is unknown.
 OBSERVED_EXTRA_SETTINGS = 1 << 30 | 1 << 10
 
@@ -45,7 +57,7 @@ class DeviceFile:
 
     @property
     def packets(self) -> int:
-        return -(-len(self.data) // DATA_CHUNK)
+        return packet_count(len(self.data))
 
 
 @dataclass(slots=True)
@@ -55,6 +67,14 @@ class CameraDevice:
     ``bad_crc_packets`` holds 1-based packet numbers (within a file) whose CRC is sent wrong,
     each once. ``restart_crc_after_resume`` makes the first DATA after a RESUME start its CRC
     chain at 0 (Teltonika's current test server expects that); otherwise the chain continues.
+
+    Failing the way real cameras do: a file with no data answers START 0 (and is dropped on the
+    REPEAT INIT that follows); a file in ``stuck`` answers START 0 every time and stays offered;
+    a file in ``gone`` (announced, but no longer there) and any file the device does not know
+    answer STATUS 0x11;
+    ``metadata_status`` and ``request_status`` answer a METADATA or FILE REQUEST of a file with
+    that STATUS instead; ``empty_paths`` PATH REQUESTs are answered ``000D 0001 00`` (bit 25
+    set, no file), as is any PATH REQUEST when no path file is left.
     """
 
     imei: int
@@ -64,15 +84,28 @@ class CameraDevice:
     restart_crc_after_resume: bool = True
     bad_crc_packets: set[int] = field(default_factory=set)
     uploaded: list[DeviceFile] = field(default_factory=list)
+    gone: set[bytes] = field(default_factory=set)
+    stuck: set[bytes] = field(default_factory=set)
+    metadata_status: dict[bytes, int] = field(default_factory=dict)
+    request_status: dict[bytes, int] = field(default_factory=dict)
+    empty_paths: int = 0
 
     def settings(self) -> int:
         settings = self.extra_settings
+        if self.empty_paths:
+            settings |= 1 << PATH_FILE_READY_BIT
         for item in self.files:
             if item.file.slot is not None:
                 settings |= 1 << item.file.slot.value
             else:
                 settings |= 1 << PATH_FILE_READY_BIT
         return settings
+
+    @property
+    def pending(self) -> list[DeviceFile]:
+        """The files still to upload that can be: not stuck empty, not gone."""
+        blocked = self.gone | self.stuck
+        return [f for f in self.files if f.file.identifier not in blocked]
 
     def init_packet(self) -> bytes:
         return _INIT.pack(0, self.protocol, self.imei, self.settings())
@@ -172,17 +205,28 @@ class DeviceConnection:
             self.state = DeviceState.CLOSED
         elif command is CommandId.PATH_REQUEST:
             item = next((f for f in device.files if f.file.by_path), None)
-            if item is None:
-                raise RemoteProtocolError("server sent PATH_REQUEST but no path file is ready")
             events.append(PathRequested())
             self._path_sent = item
-            self._out += encode(CommandId.PATH, item.file.identifier)
+            if device.empty_paths or item is None:
+                device.empty_paths = max(device.empty_paths - 1, 0)
+                self._path_sent = None
+                self._out += encode(CommandId.PATH, NO_PATH)  # "<file path, or \0>"
+            else:
+                self._out += encode(CommandId.PATH, item.file.identifier)
         elif command is CommandId.METADATA_REQUEST:
             item = self._path_sent if not payload else device.find(payload)
-            if item is None:
-                raise RemoteProtocolError(f"server asked metadata of unknown file {payload!r}")
-            events.append(MetadataRequested(file=item.file))
-            self._out += encode(CommandId.METADATA, item.metadata)
+            if item is None and not payload:
+                raise RemoteProtocolError("server asked metadata with no file named or offered")
+            file = item.file if item is not None else CameraFile.from_identifier(payload)
+            events.append(MetadataRequested(file=file))
+            code = device.metadata_status.get(file.identifier)
+            if item is None or file.identifier in device.gone:
+                code = FILE_NOT_AVAILABLE
+            if code is not None:
+                self._out += encode(CommandId.STATUS, _U32.pack(code))
+            else:
+                assert item is not None
+                self._out += encode(CommandId.METADATA, item.metadata)
         elif command is CommandId.FILE_REQUEST:
             self._on_file_request(payload, events)
         elif command is CommandId.RESUME:
@@ -196,7 +240,10 @@ class DeviceConnection:
             self._current, self.state = None, DeviceState.IDLE
             self._out += device.init_packet()
         else:  # STATUS; the reader admits no other command
-            events.append(StatusReceived(status=_U32.unpack(payload)[0]))
+            status = _U32.unpack(payload)[0]
+            events.append(StatusReceived(status=status))
+            if status == 0:  # "nothing to download" (the C++ reference server): hang up
+                self.state = DeviceState.CLOSED
 
     def _on_file_request(self, identifier: bytes, events: list[Event]) -> None:
         item = self.device.find(identifier)
@@ -204,7 +251,16 @@ class DeviceConnection:
         events.append(FileRequested(file=file))
         self._current, self.state = item, DeviceState.IDLE
         self._position = 0  # nothing of this file sent yet (all_sent must not see the last file's)
-        if item is None:
+        code = self.device.request_status.get(file.identifier)
+        if item is None or file.identifier in self.device.gone:
+            code = FILE_NOT_AVAILABLE  # a file it no longer has
+        if code is not None or item is None:
+            self._current = None
+            self._out += encode(
+                CommandId.STATUS, _U32.pack(FILE_NOT_AVAILABLE if code is None else code)
+            )
+        elif not item.data or file.identifier in self.device.stuck:
+            self._current = None if item.data else item  # a stuck file stays on the device
             self._out += encode(CommandId.START, _START.pack(0, 0))  # nothing left to send
         elif item.file.by_path:
             self._out += encode(CommandId.START, _START.pack(len(item.data), crc16(item.data)))

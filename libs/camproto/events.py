@@ -17,10 +17,12 @@ __all__ = [
     "Event",
     "FileAccepted",
     "FileEmpty",
+    "FileGivenUp",
     "FileOffered",
     "FileRequested",
     "MetadataReceived",
     "MetadataRequested",
+    "PathEmpty",
     "PathRequested",
     "ResumeRequested",
     "SessionClosed",
@@ -91,12 +93,30 @@ class FileEmpty(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FileGivenUp(Event):
+    """``file`` came back empty in ``sessions`` sessions in a row: the server stops asking for
+    it until the device offers something else (the policy's decision)."""
+
+    file: CameraFile
+    sessions: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PathEmpty(Event):
+    """FILE PATH RESPONSE was a bare NUL (``000D 0001 00``): the device has no file ready."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ChunkReceived(Event):
     """A DATA packet whose CRC checked out.
 
     ``crc`` is the packet's CRC field, computed by the device from ``crc_init`` (the previous
     packet's CRC, or 0 where the device restarted its chain after a RESUME). ``file_crc`` is the
-    CRC of the whole file up to the end of this chunk.
+    CRC of the whole file up to the end of this chunk. ``last`` says it completes the file.
+
+    ``resume_end`` is where a RESUME could start once this chunk is kept: its end, except for
+    the file's last chunk (a RESUME must point inside the file), whose own offset it is;
+    ``resume_crc`` is the CRC of the bytes before ``resume_end``.
     """
 
     file: CameraFile
@@ -105,6 +125,9 @@ class ChunkReceived(Event):
     crc: int
     crc_init: int
     file_crc: int
+    last: bool
+    resume_end: int
+    resume_crc: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -16,6 +16,7 @@ from typing import Any
 from .files import Camera
 
 __all__ = [
+    "ADAS_TRIGGERS",
     "DSM_EVENTS",
     "DSM_TRIGGERS",
     "DUALCAM_TRIGGERS",
@@ -32,6 +33,8 @@ DUALCAM_TRIGGERS = (
     "server_request", "din1", "din2", "crash", "towing", "idling", "geofence", "unplug",
     "green_driving", "periodic", "din3", "din4",
 )  # fmt: skip
+#: ADAS files share the DualCam trigger table (the older test server handled only these two).
+ADAS_TRIGGERS = DUALCAM_TRIGGERS
 DSM_TRIGGERS = (
     "none", "din1", "din2", "din3", "din4", "crash", "towing", "idling", "geofence", "unplug",
     "green_driving", "server_request", "periodic", "dsm_event", "file_retransmit",
@@ -47,6 +50,8 @@ _DUALCAM = struct.Struct(">BBQBHBhdd")  # 32 bytes
 _U64 = struct.Struct(">Q")
 _DSM = struct.Struct(">IBBiiH10s")  # 26 bytes
 _ADAS = struct.Struct(">IBBiiB")  # 15 bytes
+_DRIVER = 10  # bytes of the DSM driver name
+_NAMED_EVENTS = (1 << len(DSM_EVENTS)) - 1
 
 
 def _name(table: tuple[str, ...], value: int) -> str:
@@ -86,7 +91,11 @@ class DualCamMetadata:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DsmMetadata:
-    """DSM metadata (26 bytes). The driver name arrives reversed; it is stored readable."""
+    """DSM metadata (26 bytes). The driver name arrives reversed; it is stored readable.
+
+    ``events`` names bits 0-8 of the event mask; ``unnamed_events`` keeps bits 9-15, which no
+    table names yet, as sent (a raw mask); ``events_mask`` is the whole u16.
+    """
 
     timestamp_ms: int
     file_type: int
@@ -95,6 +104,7 @@ class DsmMetadata:
     longitude: float
     events: tuple[str, ...]
     driver_name: str
+    unnamed_events: int = 0
 
     camera = Camera.DSM
 
@@ -102,11 +112,19 @@ class DsmMetadata:
     def trigger_name(self) -> str:
         return _name(DSM_TRIGGERS, self.trigger)
 
-    def encode(self) -> bytes:
-        mask = 0
+    @property
+    def events_mask(self) -> int:
+        mask = self.unnamed_events
         for name in self.events:
             mask |= 1 << DSM_EVENTS.index(name)
-        driver = self.driver_name.encode("utf-8")[:10][::-1]
+        return mask
+
+    def encode(self) -> bytes:
+        mask = self.events_mask
+        # The name is reversed as text (then encoded), as the reference server reads it.
+        driver = self.driver_name[::-1].encode("utf-8")
+        if len(driver) > _DRIVER:
+            driver = driver[:_DRIVER].decode("utf-8", "ignore").encode("utf-8")
         return _DSM.pack(
             self.timestamp_ms // 1000, self.file_type, self.trigger,
             round(self.latitude * 1e6), round(self.longitude * 1e6), mask, driver,
@@ -115,7 +133,7 @@ class DsmMetadata:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AdasMetadata:
-    """ADAS metadata (15 bytes)."""
+    """ADAS metadata (15 bytes); its trigger numbers are DualCam's."""
 
     timestamp_ms: int
     file_type: int
@@ -128,7 +146,7 @@ class AdasMetadata:
 
     @property
     def trigger_name(self) -> str:
-        return _name(DSM_TRIGGERS, self.trigger)
+        return _name(ADAS_TRIGGERS, self.trigger)
 
     def encode(self) -> bytes:
         return _ADAS.pack(
@@ -180,7 +198,10 @@ def _decode_dsm(payload: bytes) -> DsmMetadata:
         timestamp_ms=ts * 1000, file_type=file_type, trigger=trigger,
         latitude=lat / 1e6, longitude=lon / 1e6,
         events=tuple(name for bit, name in enumerate(DSM_EVENTS) if mask >> bit & 1),
-        driver_name=driver[::-1].strip(b"\0 ").decode("utf-8", "replace"),
+        unnamed_events=mask & ~_NAMED_EVENTS,
+        # Decoded first, then reversed as text (the reference server's order): a multi-byte
+        # UTF-8 name survives; reversing the bytes first would tear its characters apart.
+        driver_name=driver.decode("utf-8", "replace")[::-1].strip("\0 "),
     )  # fmt: skip
 
 

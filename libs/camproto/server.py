@@ -17,8 +17,6 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Protocol
 
 from ._crc import crc16
 from ._wire import DATA_CHUNK, CommandId, FrameError, ServerFrameReader, encode
@@ -28,175 +26,87 @@ from .events import (
     CrcMismatch,
     Event,
     FileEmpty,
+    FileGivenUp,
     FileOffered,
     MetadataReceived,
+    PathEmpty,
     SessionClosed,
     SessionStarted,
     StatusReceived,
     TransferComplete,
     TransferStarted,
 )
-from .files import PATH_FILE_READY_BIT, CameraFile, DualCamSlot, offered_slots
+from .files import PATH_FILE_READY_BIT, CameraFile, offered_slots
 from .metadata import Metadata, decode_metadata
+from .policy import (
+    DefaultPolicy,
+    PolicyBase,
+    ResumePoint,
+    ServerPolicy,
+    SessionInfo,
+    TransferInfo,
+)
+from .transitions import (
+    AWAITED,
+    STATUS_ACTIONS,
+    TRANSITIONS,
+    DeviceStatus,
+    LocalInput,
+    ServerState,
+    StatusAction,
+    StatusKind,
+    status_action,
+)
 
 __all__ = [
+    "STATUS_ACTIONS",
+    "SUPPORTED_PROTOCOLS",
     "TRANSITIONS",
     "DefaultPolicy",
+    "DeviceStatus",
     "LocalInput",
+    "PolicyBase",
     "ResumePoint",
     "ServerConfig",
     "ServerConnection",
     "ServerPolicy",
     "ServerState",
     "SessionInfo",
+    "StatusAction",
+    "StatusKind",
     "TransferInfo",
+    "status_action",
 ]
 
 _INIT = struct.Struct(">HQI")
 _START = struct.Struct(">IH")
 _U32 = struct.Struct(">I")
 _MAX_IMEI = 10**15
-
-
-class ServerState(Enum):
-    AWAIT_INIT = "await_init"
-    AWAIT_PATH = "await_path"
-    AWAIT_METADATA = "await_metadata"
-    AWAIT_START = "await_start"
-    AWAIT_SYNC = "await_sync"
-    RECEIVING = "receiving"
-    AWAIT_CONFIRM = "await_confirm"
-    CLOSED = "closed"
-    ERROR = "error"
-
-
-class LocalInput(Enum):
-    """Inputs that come from the application or the clock, not from the device."""
-
-    CONFIRM_FILE = "confirm_file"
-    TIMEOUT = "timeout"
-    CLOSE = "close"
-    EOF = "eof"
-
-
 S = ServerState
 C = CommandId
-_OPEN = frozenset(S) - {S.CLOSED, S.ERROR}
+A = StatusAction
 
-#: ``(state, input) -> states the input may lead to``. Anything absent is a protocol error.
-TRANSITIONS: dict[tuple[ServerState, CommandId | LocalInput], frozenset[ServerState]] = {
-    (S.AWAIT_INIT, C.INIT): frozenset({S.AWAIT_PATH, S.AWAIT_METADATA, S.AWAIT_START, S.CLOSED}),
-    (S.AWAIT_PATH, C.PATH): frozenset({S.AWAIT_METADATA, S.AWAIT_START, S.CLOSED}),
-    (S.AWAIT_METADATA, C.METADATA): frozenset({S.AWAIT_START}),
-    (S.AWAIT_START, C.START): frozenset({S.AWAIT_SYNC, S.AWAIT_INIT}),
-    (S.AWAIT_SYNC, C.SYNC): frozenset({S.RECEIVING, S.AWAIT_SYNC, S.CLOSED}),
-    (S.AWAIT_SYNC, C.DATA): frozenset({S.AWAIT_SYNC}),  # stale data before the SYNC: dropped
-    (S.AWAIT_SYNC, C.ENHANCED_DATA): frozenset({S.AWAIT_SYNC}),
-    (S.AWAIT_SYNC, LocalInput.TIMEOUT): frozenset({S.AWAIT_SYNC, S.CLOSED}),
-    (S.RECEIVING, C.DATA): frozenset({S.RECEIVING, S.AWAIT_SYNC, S.AWAIT_CONFIRM, S.CLOSED}),
-    (S.RECEIVING, C.ENHANCED_DATA): frozenset(
-        {S.RECEIVING, S.AWAIT_SYNC, S.AWAIT_CONFIRM, S.CLOSED}
-    ),
-    (S.RECEIVING, C.SYNC): frozenset({S.RECEIVING, S.AWAIT_SYNC}),
-    (S.AWAIT_CONFIRM, LocalInput.CONFIRM_FILE): frozenset({S.AWAIT_INIT}),
-    **{(state, C.STATUS): frozenset({state}) for state in _OPEN},
-    **{(state, LocalInput.CLOSE): frozenset({S.CLOSED}) for state in _OPEN},
-    **{(state, LocalInput.EOF): frozenset({S.CLOSED}) for state in _OPEN},
-}
-
-
-@dataclass(frozen=True, slots=True)
-class SessionInfo:
-    imei: int
-    protocol: int
-    settings: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TransferInfo:
-    """What the server knows when START arrives: enough to recognise a transfer seen before."""
-
-    file: CameraFile
-    size: int | None
-    packets: int | None
-    device_crc: int | None
-    metadata: Metadata | None
-
-
-@dataclass(frozen=True, slots=True)
-class ResumePoint:
-    """Where to resume: ``offset`` bytes already kept, ``crc`` the CRC of those bytes."""
-
-    offset: int = 0
-    crc: int = 0
-
-
-class ServerPolicy(Protocol):
-    """Decisions the protocol leaves to the server's operator."""
-
-    def want_path_file(self, session: SessionInfo) -> bool:
-        """Settings bit 25 is set: ask for the path of the waiting DSM/ADAS file?"""
-        ...
-
-    def choose_file(self, session: SessionInfo, offered: Sequence[CameraFile]) -> CameraFile | None:
-        """Which offered file to fetch next; None ends the session."""
-        ...
-
-    def want_metadata(self, session: SessionInfo, file: CameraFile) -> bool:
-        """Ask for the file's metadata before requesting it?"""
-        ...
-
-    def resume_point(self, session: SessionInfo, transfer: TransferInfo) -> ResumePoint:
-        """Where this file's data should start: 0, or what is already durable."""
-        ...
-
-
-_DEFAULT_ORDER = (
-    DualCamSlot.VIDEO_REAR,
-    DualCamSlot.VIDEO_FRONT,
-    DualCamSlot.PHOTO_REAR,
-    DualCamSlot.PHOTO_FRONT,
-)
-
-
-@dataclass(frozen=True, slots=True)
-class DefaultPolicy:
-    """Fetch everything: path files first, then DualCam slots in ``order``, from offset 0."""
-
-    order: tuple[DualCamSlot, ...] = _DEFAULT_ORDER
-    metadata: bool = True
-    path_files: bool = True
-
-    def want_path_file(self, session: SessionInfo) -> bool:
-        return self.path_files
-
-    def choose_file(self, session: SessionInfo, offered: Sequence[CameraFile]) -> CameraFile | None:
-        for file in offered:
-            if file.slot is None:
-                return file
-        slots = {file.slot: file for file in offered}
-        for slot in self.order:
-            if slot in slots:
-                return slots[slot]
-        return None
-
-    def want_metadata(self, session: SessionInfo, file: CameraFile) -> bool:
-        return self.metadata
-
-    def resume_point(self, session: SessionInfo, transfer: TransferInfo) -> ResumePoint:
-        return ResumePoint()
+#: Protocol ids accepted in INIT. 5: FMx firmware 03.27.00.Rev.100 and up; 1-4: older firmware,
+#: whose 16-byte INIT has the same layout (Teltonika's test server and Traccar read every id
+#: below 6 as 5 does); 6: the path flow for every camera (a third-party copy of the test server).
+SUPPORTED_PROTOCOLS = frozenset({1, 2, 3, 4, 5, 6})
 
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    #: Protocol ids accepted in INIT (5: FMx firmware 03.27.00.Rev.100+; 6: path flow for all).
-    supported_protocols: frozenset[int] = frozenset({5, 6})
+    #: Protocol ids accepted in INIT; others get CLOSE (see :data:`SUPPORTED_PROTOCOLS`).
+    supported_protocols: frozenset[int] = SUPPORTED_PROTOCOLS
     #: First RESUME of a DualCam file: 1 (Traccar and others) or 0 (Teltonika's test server).
     dualcam_first_resume: int = 1
     #: Seconds between RESUMEs while no SYNC answers one.
     resume_interval: float = 2.0
     #: RESUMEs sent without a SYNC, or CRC mismatches in a row, before the session is closed.
     max_resume_attempts: int = 10
+    #: Seconds the device may take to answer a request, or stay silent mid-file, before the
+    #: session is closed (the ingestor's idle timeout is the same by default).
+    response_timeout: float = 60.0
+    #: Seconds the application may take to call ``confirm_file()`` after TransferComplete.
+    confirm_timeout: float = 300.0
 
 
 @dataclass(slots=True)
@@ -233,18 +143,34 @@ class _Resume:
 
 @dataclass(slots=True)
 class ServerConnection:
-    """One device session, server side."""
+    """One device session, server side.
+
+    ``opened`` is when the connection opened (monotonic seconds); with it, INIT is due within
+    ``config.response_timeout`` like every other answer. Without it the caller times the first
+    INIT itself, and deadlines start with the first bytes.
+    """
 
     policy: ServerPolicy = field(default_factory=DefaultPolicy)
     config: ServerConfig = field(default_factory=ServerConfig)
+    opened: float | None = None
     state: ServerState = ServerState.AWAIT_INIT
     session: SessionInfo | None = None
+    #: Why the session closed (the reason of its SessionClosed), once it has.
+    closed_reason: str | None = None
     _reader: ServerFrameReader = field(default_factory=ServerFrameReader)
     _out: bytearray = field(default_factory=bytearray)
     _file: CameraFile | None = None
     _metadata: Metadata | None = None
     _transfer: _Transfer | None = None
     _resume: _Resume | None = None
+    _deadline: float | None = None
+    _now: float = 0.0
+    #: DualCam files the last INIT offered: the "next offered file" after one fails.
+    _offer: tuple[CameraFile, ...] = ()
+    #: Files not to ask for again in this session, and why.
+    _skip: dict[bytes, str] = field(default_factory=dict)
+    #: The device answered a path request with a bare NUL: do not ask again this session.
+    _no_path: bool = False
     _handlers: dict[CommandId, Callable[[bytes, float, list[Event]], None]] = field(
         init=False, repr=False
     )
@@ -260,6 +186,9 @@ class ServerConnection:
             C.ENHANCED_DATA: self._on_enhanced_data,
             C.STATUS: self._on_status,
         }
+        if self.opened is not None:
+            self._now = self.opened
+            self._arm()
 
     # Public API -------------------------------------------------------------------------
 
@@ -279,6 +208,7 @@ class ServerConnection:
             raise LocalProtocolError("connection already failed")
         if self.state is S.CLOSED:
             return []
+        self._now = max(self._now, now)
         self._reader.feed(data)
         events: list[Event] = []
         try:
@@ -286,6 +216,7 @@ class ServerConnection:
                 allowed = self._input(frame.command, events)
                 self._handlers[frame.command](frame.payload, now, events)
                 assert self.state in allowed, (frame.command, self.state)
+                self._arm()
         except FrameError as exc:
             message = f"{exc} (state {self.state_name})"
             self._fail()
@@ -298,6 +229,7 @@ class ServerConnection:
     def _fail(self) -> None:
         self.state = S.ERROR
         self._resume = None
+        self._deadline = None
 
     def receive_eof(self) -> list[Event]:
         """The device closed its side."""
@@ -305,8 +237,9 @@ class ServerConnection:
             return []
         reason = self._eof_reason()
         self._input(LocalInput.EOF, [])
-        self._resume = None
+        self._resume = self._deadline = None
         self.state = S.CLOSED
+        self.closed_reason = reason
         return [SessionClosed(reason=reason, clean=False)]
 
     def data_to_send(self) -> bytes:
@@ -316,14 +249,30 @@ class ServerConnection:
 
     def next_deadline(self) -> float | None:
         """When ``handle_timeout`` wants to be called, if at all."""
-        return None if self._resume is None else self._resume.deadline
+        if self._resume is not None:
+            return self._resume.deadline
+        return self._deadline
 
     def handle_timeout(self, now: float) -> list[Event]:
-        """Re-send an unanswered RESUME; give up after ``max_resume_attempts``."""
+        """Re-send an unanswered RESUME, giving up after ``max_resume_attempts``; close a
+        session whose device (or application) missed its deadline."""
+        self._now = max(self._now, now)
         resume = self._resume
-        if resume is None or now < resume.deadline:
+        if resume is None:
+            deadline = self._deadline
+            if deadline is None or now < deadline:
+                return []
+            events: list[Event] = []
+            self._input(LocalInput.TIMEOUT, events)
+            limit = self.config.confirm_timeout
+            if self.state is not S.AWAIT_CONFIRM:
+                limit = self.config.response_timeout
+            why = f"no {AWAITED[self.state]} within {limit:g} s (state {self.state_name})"
+            self._close(why, False, events)
+            return events
+        if now < resume.deadline:
             return []
-        events: list[Event] = []
+        events = []
         self._input(LocalInput.TIMEOUT, events)
         if resume.attempts + 1 >= self.config.max_resume_attempts:
             self._close(f"no SYNC after {resume.attempts + 1} RESUMEs", False, events)
@@ -337,6 +286,7 @@ class ServerConnection:
         self._out += b"\x00\x09"  # bare two bytes, as Teltonika's test server and Traccar send
         self._transfer = None
         self.state = S.AWAIT_INIT
+        self._arm()
 
     def close(self, reason: str) -> list[Event]:
         """Send CLOSE SESSION; the device will come back later for what is left."""
@@ -377,10 +327,20 @@ class ServerConnection:
             f"device sent {name} in state {self.state_name}; expected {', '.join(expected)}"
         )
 
+    def _arm(self) -> None:
+        """(Re)start the deadline of the state the session is in, from the latest time seen."""
+        if self.state in (S.CLOSED, S.ERROR):
+            self._deadline = None
+        elif self.state is S.AWAIT_CONFIRM:
+            self._deadline = self._now + self.config.confirm_timeout
+        else:
+            self._deadline = self._now + self.config.response_timeout
+
     def _close(self, reason: str, clean: bool, events: list[Event]) -> None:
         self._out += encode(C.INIT)  # 0000 0000: CLOSE SESSION
-        self._resume = None
+        self._resume = self._deadline = None
         self.state = S.CLOSED
+        self.closed_reason = reason
         events.append(SessionClosed(reason=reason, clean=clean))
 
     def _eof_reason(self) -> str:
@@ -397,9 +357,12 @@ class ServerConnection:
         protocol, imei, settings = _INIT.unpack(payload)
         if protocol not in self.config.supported_protocols:
             supported = ", ".join(map(str, sorted(self.config.supported_protocols)))
-            raise RemoteProtocolError(
-                f"INIT protocol id {protocol} unsupported (supported: {supported})"
+            self._close(
+                f"INIT protocol id {protocol} unsupported (supported: {supported}); IMEI {imei}",
+                False,
+                events,
             )
+            return
         if imei >= _MAX_IMEI:
             raise RemoteProtocolError(f"INIT IMEI {imei} has more than 15 digits")
         if self.session is not None and imei != self.session.imei:
@@ -419,32 +382,66 @@ class ServerConnection:
                 )
             )
         events.extend(FileOffered(file=file) for file in files)
-        if path_ready and self.policy.want_path_file(session):
+        self._offer = files
+        if path_ready and not self._no_path and self.policy.want_path_file(session):
             self._out += encode(C.PATH_REQUEST, b"\x00\x00")
             self.state = S.AWAIT_PATH
             return
         self._choose(files, events)
 
     def _on_path(self, payload: bytes, now: float, events: list[Event]) -> None:
+        if not payload.strip(b"\0"):
+            # ``000D 0001 00``: the path is "<file path, or \0>", and this is the \0.
+            events.append(PathEmpty())
+            self._no_path = True
+            self._choose(self._offer, events, "device has no file ready (bare NUL path)")
+            return
         file = CameraFile.for_path(payload)
         events.append(FileOffered(file=file))
-        self._choose((file,), events)
+        self._choose((file, *self._offer), events)
 
-    def _choose(self, offered: Sequence[CameraFile], events: list[Event]) -> None:
-        assert self.session is not None
-        chosen = self.policy.choose_file(self.session, offered) if offered else None
+    def _choose(
+        self, offered: Sequence[CameraFile], events: list[Event], why: str | None = None
+    ) -> None:
+        """Request the next of ``offered`` the session has not given up on, or CLOSE."""
+        session = self.session
+        assert session is not None
+        if offered:
+            given_up = self.policy.given_up(session, offered)
+            for file in offered:
+                if file.identifier in given_up and file.identifier not in self._skip:
+                    self._skip[file.identifier] = (
+                        "given up: it came back empty in too many sessions in a row"
+                    )
+        candidates = [file for file in offered if file.identifier not in self._skip]
+        chosen = self.policy.choose_file(session, candidates) if candidates else None
         if chosen is None:
-            self._close("no more files" if offered == () else "policy declined", True, events)
+            if candidates:
+                reason = "policy declined"
+            else:
+                skipped = [f"{file}: {self._skip[file.identifier]}" for file in offered]
+                reasons = ([why] if why else []) + skipped
+                reason = "; ".join(reasons) if reasons else "no more files"
+            self._close(reason, True, events)
             return
-        if chosen not in offered:
+        if chosen not in candidates:
             raise LocalProtocolError(f"policy chose {chosen}, which the device did not offer")
         self._file, self._metadata = chosen, None
-        if self.policy.want_metadata(self.session, chosen):
+        if self.policy.want_metadata(session, chosen):
             identifier = b"" if chosen.by_path else chosen.identifier
             self._out += encode(C.METADATA_REQUEST, identifier)
             self.state = S.AWAIT_METADATA
         else:
             self._request_file(chosen)
+
+    def _next_file(self, why: str, events: list[Event]) -> None:
+        """The current file failed for ``why``: go on with the rest of the offer, or CLOSE."""
+        file = self._file
+        if file is not None:
+            self._skip[file.identifier] = why
+        self._file, self._metadata, self._transfer = None, None, None
+        remaining = tuple(f for f in self._offer if f != file)
+        self._choose(remaining, events, why if file is None else f"{file}: {why}")
 
     def _request_file(self, file: CameraFile) -> None:
         self._out += encode(C.FILE_REQUEST, file.identifier)
@@ -461,8 +458,13 @@ class ServerConnection:
         file, session = self._file, self.session
         assert file is not None and session is not None
         value, extra = _START.unpack(payload)
+        given_up = self.policy.start_answered(session, file, self._offer, empty=value == 0)
         if value == 0:
             events.append(FileEmpty(file=file))
+            # Not asked for again in this session: a device that offers it again is closed.
+            self._skip[file.identifier] = "came back empty (START 0) in this session"
+            if given_up is not None:
+                events.append(FileGivenUp(file=file, sessions=given_up))
             self._out += b"\x00\x09"
             self.state = S.AWAIT_INIT
             return
@@ -590,6 +592,10 @@ class ServerConnection:
                 crc=crc,
                 crc_init=crc_init,
                 file_crc=file_crc,
+                last=last,
+                # A RESUME must point inside the file: never past the start of its last chunk.
+                resume_end=offset if last else offset + size,
+                resume_crc=transfer.file_crc if last else file_crc,
             )
         )
         transfer.chain, transfer.file_crc = crc, file_crc
@@ -609,4 +615,25 @@ class ServerConnection:
             self.state = S.AWAIT_CONFIRM
 
     def _on_status(self, payload: bytes, now: float, events: list[Event]) -> None:
-        events.append(StatusReceived(status=_U32.unpack(payload)[0]))
+        status = _U32.unpack(payload)[0]
+        events.append(StatusReceived(status=status))
+        action = status_action(self.state, status)
+        if action is A.NOTE:
+            return
+        file = self._file
+        if action is A.WITHOUT_METADATA:
+            assert file is not None
+            self._request_file(file)
+        elif action is A.NEXT_FILE:
+            if self.state is S.AWAIT_PATH:
+                self._no_path = True
+                self._next_file(
+                    f"device STATUS 0x{status:02X}: no file at the path request", events
+                )
+            else:
+                self._next_file(f"not available (device STATUS 0x{status:02X})", events)
+        else:
+            about = f" about {file}" if file is not None and self.state is not S.AWAIT_INIT else ""
+            self._close(
+                f"device STATUS 0x{status:02X}{about} in state {self.state_name}", False, events
+            )

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from camproto import crc16
+from camproto import crc16, packet_count
 from contracts import ChunkHeaderError, ChunkMeta, RecordKind, TransferEnd, TransferStart, decode
 from contracts.chunks import Headers
 
@@ -56,9 +56,6 @@ __all__ = [
     "Skipped",
     "Transfer",
 ]
-
-#: DualCam counts its file in packets of this many bytes.
-PACKET = 1024
 
 #: ``Failed.category`` values (a metric label: keep this set small and fixed).
 FAILURE_CATEGORIES = ("crc", "file_crc", "size", "missing", "malformed", "spool", "internal")
@@ -340,9 +337,7 @@ class Reassembler:
             problem = f"{held} bytes arrived, the end record says {end.size}"
         elif start.size is not None and held != start.size:
             problem = f"{held} bytes arrived, START announced {start.size}"
-        elif start.packets is not None and not (
-            (start.packets - 1) * PACKET < held <= start.packets * PACKET
-        ):
+        elif start.packets is not None and packet_count(held) != start.packets:
             problem = f"{held} bytes arrived, START announced {start.packets} packets"
         if problem is not None:
             return self._fail(transfer, "size", problem, *_where(record))

@@ -15,7 +15,7 @@ import re
 import sys
 
 from .content import ContentSpec
-from .faults import Faults
+from .faults import FailurePath, Faults
 from .fleet import DEFAULT_PORT, Fleet, FleetReport, SimulationConfig
 
 __all__ = ["add_arguments", "config_from_args", "parse_size", "run"]
@@ -118,6 +118,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="start the CRC chain at 0 after a RESUME (else continue it over the resumed bytes)",
     )
 
+    faults.add_argument(
+        "--fail",
+        action="append",
+        type=FailurePath,
+        choices=list(FailurePath),
+        metavar="PATH",
+        default=[],
+        help="a failure path of real cameras to play (repeatable): "
+        + ", ".join(path.value for path in FailurePath)
+        + "; the server must end each such session itself and every real file still arrive",
+    )
+    faults.add_argument(
+        "--fail-devices",
+        type=int,
+        metavar="N",
+        default=1,
+        help="how many devices (the first N) play the --fail paths; the others upload cleanly",
+    )
+
     timing = parser.add_argument_group("timing")
     timing.add_argument("--timeout", type=float, default=300.0, help="seconds for the whole run")
     timing.add_argument(
@@ -169,6 +188,8 @@ def config_from_args(args: argparse.Namespace) -> SimulationConfig:
             slow=None if args.slow is None else float(args.slow),
             split=args.split,
             restart_crc_after_resume=args.restart_crc,
+            fail=tuple(args.fail),
+            fail_devices=args.fail_devices,
         ),
         seed=args.seed,
         timeout=args.timeout,

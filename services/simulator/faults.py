@@ -12,6 +12,9 @@
   merged into one write, so nothing can rely on TCP segment boundaries.
 * ``restart_crc_after_resume``: the first DATA after a RESUME starts its CRC chain at 0 (what
   Teltonika's current test server expects); off, the chain continues over the resumed bytes.
+* ``fail``: failure paths of real cameras (:class:`FailurePath`), played by the first
+  ``fail_devices`` devices; the server must end each session by itself (a request or a CLOSE,
+  never a stall), and every real file must still arrive.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from enum import StrEnum
 from camproto import CommandId
 
 __all__ = [
+    "FailurePath",
     "Faults",
     "Interruption",
     "InterruptionKind",
@@ -33,6 +37,23 @@ __all__ = [
     "WriteShaper",
     "garbage_bytes",
 ]
+
+
+class FailurePath(StrEnum):
+    """How a camera fails politely (issue 10); each names what the device does."""
+
+    #: First connection: settings bit 25 set, the path request answered ``000D 0001 00``.
+    NO_FILE = "no-file"
+    #: An extra file announced after the real ones that answers START 0 every time.
+    EMPTY_FILE = "empty-file"
+    #: An extra file announced after the real ones that the device no longer has (STATUS 0x11).
+    GONE_FILE = "gone-file"
+    #: Every metadata request answered with an error STATUS (2): files go without metadata.
+    METADATA_ERROR = "metadata-error"
+    #: First connection: the first FILE REQUEST answered with an error STATUS (3).
+    STATUS_ERROR = "status-error"
+    #: First connection: an INIT with protocol id 9, which no server implements.
+    BAD_PROTOCOL = "bad-protocol"
 
 
 class InterruptionKind(StrEnum):
@@ -60,8 +81,12 @@ class Faults:
     slow: float | None = None
     split: bool = False
     restart_crc_after_resume: bool = True
+    fail: tuple[FailurePath, ...] = ()
+    fail_devices: int = 1
 
     def __post_init__(self) -> None:
+        if self.fail_devices < 0:
+            raise ValueError("the number of failing devices cannot be negative")
         if self.bad_crc_at is not None and self.bad_crc_at < 1:
             raise ValueError("bad CRC packet numbers start at 1")
         if self.disconnect_at is not None and self.disconnect_at < 0:
@@ -91,6 +116,9 @@ class Faults:
             names.append("split")
         if not self.restart_crc_after_resume:
             names.append("continue_crc_after_resume")
+        if self.fail and self.fail_devices:
+            paths = "+".join(path.value for path in self.fail)
+            names.append(f"fail={paths}x{self.fail_devices}")
         return tuple(names)
 
     def interruptions(self) -> tuple[Interruption, ...]:

@@ -20,8 +20,10 @@ from typing import Any
 
 from camproto import (
     CameraDevice,
+    CameraFile,
     DeviceConnection,
     DeviceFile,
+    DualCamSlot,
     Event,
     FileAccepted,
     FileRequested,
@@ -31,6 +33,7 @@ from camproto import (
 
 from .content import ContentSpec, DeviceKind, DevicePlan, plan_fleet
 from .faults import (
+    FailurePath,
     Faults,
     Interruption,
     InterruptionKind,
@@ -62,6 +65,11 @@ _BURST_SECONDS = 0.05
 _MAX_ERRORS = 20
 #: Longest wait for the server to close after an injected disconnect or garbage.
 _FAULT_GRACE = 5.0
+#: Protocol id of the BAD_PROTOCOL failure path: no server implements it.
+BAD_PROTOCOL_ID = 9
+#: STATUS codes the failing devices answer with (errors of Table 20).
+METADATA_ERROR_STATUS = 2
+REQUEST_ERROR_STATUS = 3
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -131,6 +139,8 @@ class DeviceOutcome:
     crc_faults: int = 0
     disconnects: int = 0
     garbage: int = 0
+    #: Failure paths (issue 10) this device played.
+    failure_paths: list[str] = field(default_factory=list)
     #: Non-zero byte offsets the server asked the device to resume from.
     resumed_from: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -306,33 +316,76 @@ class SimulatedDevice:
             protocol=config.protocol,
             restart_crc_after_resume=config.faults.restart_crc_after_resume,
         )
+        self._arm_failures(camera)
         failures = 0
         try:
             async with asyncio.timeout_at(deadline):
-                while camera.files:
+                while camera.pending:
                     if outcome.connections:
                         await asyncio.sleep(config.reconnect_backoff)
                     end, reason = await self._connection(camera)
+                    # A one-connection failure is over: the bad INIT first, then the STATUS.
+                    if camera.protocol != config.protocol:
+                        camera.protocol = config.protocol
+                    else:
+                        camera.request_status.clear()
                     _log.debug(
                         "device %s connection %d: %s", camera.imei, outcome.connections, reason
                     )
                     if end is _End.FAILED:
                         outcome.error(reason)
                         failures = 0 if self._accepted_here else failures + 1
-                        if camera.files and failures > config.max_reconnects:
+                        if camera.pending and failures > config.max_reconnects:
                             outcome.error(f"gave up after {failures} failed connections in a row")
                             break
                     else:
                         failures = 0
         except TimeoutError:
             outcome.error(
-                f"timed out after {config.timeout:g}s with {len(camera.files)} of"
+                f"timed out after {config.timeout:g}s with {len(camera.pending)} of"
                 f" {outcome.files} files not accepted"
             )
         finally:
             outcome.duration = loop.time() - started
             outcome.finished = True
         return outcome
+
+    def _arm_failures(self, camera: CameraDevice) -> None:
+        """Set up the failure paths this device plays (the first ``fail_devices`` do)."""
+        faults = self.config.faults
+        if not faults.fail or self.plan.index >= faults.fail_devices:
+            return
+        real = list(camera.files)
+        for path in faults.fail:
+            self.outcome.failure_paths.append(path.value)
+            if path is FailurePath.NO_FILE:
+                camera.empty_paths = 1
+            elif path is FailurePath.METADATA_ERROR:
+                for item in real:
+                    camera.metadata_status[item.file.identifier] = METADATA_ERROR_STATUS
+            elif path is FailurePath.STATUS_ERROR and real:
+                camera.request_status[real[0].file.identifier] = REQUEST_ERROR_STATUS
+            elif path is FailurePath.BAD_PROTOCOL:
+                camera.protocol = BAD_PROTOCOL_ID
+            elif path in (FailurePath.EMPTY_FILE, FailurePath.GONE_FILE):
+                extra = self._extra_file(camera, path.value)
+                if extra is not None:
+                    camera.files.append(extra)
+                    blocked = camera.stuck if path is FailurePath.EMPTY_FILE else camera.gone
+                    blocked.add(extra.file.identifier)
+
+    def _extra_file(self, camera: CameraDevice, name: str) -> DeviceFile | None:
+        """A file to announce that cannot be delivered: a free DualCam slot, or a DSM path."""
+        metadata = camera.files[0].metadata if camera.files else bytes(32)
+        if self.plan.kind is DeviceKind.DSM:
+            path = f"dsm/picture/000000/{name}.jpg".encode() + b"\0"
+            return DeviceFile(CameraFile.for_path(path), b"\xff", metadata)
+        used = {item.file.slot for item in camera.files}
+        free = [slot for slot in DualCamSlot if slot not in used]
+        if not free:
+            self.outcome.error(f"{name}: no free DualCam slot to announce it in")
+            return None
+        return DeviceFile(CameraFile.for_slot(free[-1]), b"\xff", metadata)
 
     async def _connection(self, camera: CameraDevice) -> tuple[_End, str]:
         config = self.config
@@ -513,7 +566,7 @@ class _Session:
         return _End.FAILED, f"write failed: {_text(exc)}"
 
     def _ended(self) -> tuple[_End, str]:
-        left = len(self.connection.device.files)
+        left = len(self.connection.device.pending)
         how = "sent CLOSE" if self.connection.closed and not self.eof else "closed the connection"
         if not left:
             return _End.DONE, f"all files accepted; server {how}"

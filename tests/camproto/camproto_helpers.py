@@ -22,6 +22,7 @@ from camproto import (
     ChunkReceived,
     CommandId,
     DefaultPolicy,
+    DelegatingPolicy,
     DeviceConnection,
     DeviceFile,
     DsmMetadata,
@@ -196,13 +197,16 @@ def drive(
     size: int = 3000,
     policy: ServerPolicy | None = None,
     config: ServerConfig | None = None,
+    more: bool = False,
 ) -> ServerConnection | None:
     """A server driven to ``state`` by a valid device (a DualCam photo, or a DSM file by path,
-    of ``size`` bytes), or None if ``policy`` never leads there.
+    of ``size`` bytes), or None if ``policy`` never leads there. With ``more`` the INIT also
+    offers a rear video (fetched first by the default policy, with the same bytes).
 
-    CLOSED is reached by ``close()``, ERROR by an unknown command id.
+    CLOSED is reached by ``close()``, ERROR by an unknown command id. The connection opened at
+    time 0, so INIT, like every answer, has a deadline.
     """
-    server = ServerConnection(policy or DefaultPolicy(), config or ServerConfig())
+    server = ServerConnection(policy or DefaultPolicy(), config or ServerConfig(), opened=0.0)
     if state is ServerState.CLOSED:
         server.close("test")
         server.data_to_send()
@@ -214,7 +218,9 @@ def drive(
     data = payload_bytes(size)
     packets = -(-size // 1024)
     next_wire = {
-        ServerState.AWAIT_INIT: DSM_INIT if path else PHOTOF_INIT,
+        ServerState.AWAIT_INIT: init_bytes(
+            settings=(1 << 25 if path else 0x44000400) | (1 << 29 if more else 0)
+        ),
         ServerState.AWAIT_PATH: frame(0x000D, DSM_PATH),
         ServerState.AWAIT_METADATA: frame(0x000B, bytes(26 if path else 32)),
         ServerState.AWAIT_START: start_frame(size, crc16(data)) if path else start_frame(packets),
@@ -312,22 +318,13 @@ class Store:
 
 
 @dataclass
-class StorePolicy:
+class StorePolicy(DelegatingPolicy):
     """:class:`DefaultPolicy` decisions, resuming each file from what the store holds."""
 
     store: Store
-    base: DefaultPolicy = field(default_factory=DefaultPolicy)
+    base: ServerPolicy = field(default_factory=DefaultPolicy)
     #: Every TransferInfo the server asked about.
     asked: list[TransferInfo] = field(default_factory=list)
-
-    def want_path_file(self, session: SessionInfo) -> bool:
-        return self.base.want_path_file(session)
-
-    def choose_file(self, session: SessionInfo, offered: Sequence[CameraFile]) -> CameraFile | None:
-        return self.base.choose_file(session, offered)
-
-    def want_metadata(self, session: SessionInfo, file: CameraFile) -> bool:
-        return self.base.want_metadata(session, file)
 
     def resume_point(self, session: SessionInfo, transfer: TransferInfo) -> ResumePoint:
         self.asked.append(transfer)

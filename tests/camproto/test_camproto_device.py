@@ -17,6 +17,7 @@ from camproto import (
     LocalProtocolError,
     Media,
     MetadataRequested,
+    PathRequested,
     RemoteProtocolError,
     ResumeRequested,
     StatusReceived,
@@ -178,9 +179,7 @@ def test_bad_crc_packets_are_sent_wrong_once() -> None:
 @pytest.mark.parametrize(
     ("wire", "message"),
     [
-        (h("000c00020000"), "server sent PATH_REQUEST but no path file is ready"),
-        (h("000a0000"), "server asked metadata of unknown file b''"),
-        (h("000a000725766964656f72"), "server asked metadata of unknown file b'%videor'"),
+        (h("000a0000"), "server asked metadata with no file named or offered"),
         (h("0002000400000001"), "server sent RESUME with no file requested"),
         (
             h("000800072570686f746f66") + h("0002000400000004"),
@@ -214,7 +213,7 @@ def test_file_request_for_a_file_the_device_lacks() -> None:
     conn.data_to_send()
     videor = CameraFile.for_slot(DualCamSlot.VIDEO_REAR)
     assert conn.receive_data(h("0008000725766964656f72")) == [FileRequested(file=videor)]
-    assert conn.data_to_send() == h("00010006000000000000")
+    assert conn.data_to_send() == h("0005000400000011")  # STATUS 0x11: file not available
     with pytest.raises(RemoteProtocolError, match="RESUME with no file requested"):
         conn.receive_data(h("0002000400000001"))
     assert conn.closed
@@ -223,6 +222,72 @@ def test_file_request_for_a_file_the_device_lacks() -> None:
     assert conn.receive_data(h("0008000c") + other) == [
         FileRequested(file=CameraFile.for_path(other))
     ]
+
+
+def test_path_request_with_no_file_is_answered_with_a_bare_nul() -> None:
+    conn = photo_device().connect()
+    conn.data_to_send()
+    assert conn.receive_data(h("000c00020000")) == [PathRequested()]
+    assert conn.data_to_send() == h("000d000100")
+
+
+def test_empty_paths_are_answered_before_the_real_path() -> None:
+    item = path_file(DSM_PATH, b"x")
+    device = CameraDevice(imei=1, files=[item], empty_paths=1, extra_settings=0)
+    assert device.settings() == 1 << 25
+    conn = device.connect()
+    conn.data_to_send()
+    conn.receive_data(h("000c00020000"))
+    assert conn.data_to_send() == h("000d000100")
+    conn.receive_data(h("000c00020000"))
+    assert conn.data_to_send() == h("000d001e") + DSM_PATH
+    assert CameraDevice(imei=1, files=[], empty_paths=1, extra_settings=0).settings() == 1 << 25
+
+
+def test_metadata_request_for_a_file_it_lacks_or_fails() -> None:
+    conn = photo_device().connect()
+    conn.data_to_send()
+    videor = CameraFile.for_slot(DualCamSlot.VIDEO_REAR)
+    assert conn.receive_data(h("000a000725766964656f72")) == [MetadataRequested(file=videor)]
+    assert conn.data_to_send() == h("0005000400000011")
+    device = photo_device()
+    device.metadata_status[b"%photof"] = 2
+    conn = device.connect()
+    conn.data_to_send()
+    conn.receive_data(h("000a00072570686f746f66"))
+    assert conn.data_to_send() == h("0005000400000002")
+
+
+def test_gone_empty_and_failing_files() -> None:
+    device = photo_device()
+    assert device.pending == device.files
+    device.gone.add(b"%photof")
+    assert device.pending == []
+    conn = device.connect()
+    conn.data_to_send()
+    conn.receive_data(h("000800072570686f746f66"))
+    assert conn.data_to_send() == h("0005000400000011")
+    device = photo_device()
+    device.request_status[b"%photof"] = 3
+    conn = device.connect()
+    conn.data_to_send()
+    conn.receive_data(h("000800072570686f746f66"))
+    assert conn.data_to_send() == h("0005000400000003")
+    stuck = photo_device()
+    stuck.stuck.add(b"%photof")
+    assert stuck.pending == []
+    conn = stuck.connect()
+    conn.data_to_send()
+    conn.receive_data(h("000800072570686f746f66"))
+    assert conn.data_to_send() == h("00010006000000000000")  # START 0: nothing to send
+    conn.receive_data(h("0009"))
+    assert [f.file.identifier for f in stuck.files] == [b"%photof"]  # still offered
+
+
+def test_status_zero_from_the_server_hangs_up() -> None:
+    conn = photo_device().connect()
+    assert conn.receive_data(h("0005000400000000")) == [StatusReceived(status=0)]
+    assert conn.closed
 
 
 def test_metadata_request_for_the_path_sent() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from camproto import TRANSITIONS, CommandId, LocalInput
-from camproto.diagram import mermaid
+from camproto.diagram import mermaid, status_table
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "camera-protocol.md"
 
@@ -20,13 +20,18 @@ def test_docs_embed_the_generated_diagram() -> None:
     assert mermaid() in blocks, "regenerate with: python -m camproto.diagram"
 
 
+def test_docs_embed_the_generated_status_table() -> None:
+    assert status_table() in DOC.read_text(), "regenerate: python -m camproto.diagram --status"
+    assert status_table().count("\n") == 2 + 7  # header, rule, one row per open state
+
+
 def test_every_transition_is_an_edge() -> None:
     edges = {
         (source, target): labels.split(" / ")
         for source, target, labels in re.findall(r"^    (\w+) --> (\w+): (.*)$", mermaid(), re.M)
     }
     for (state, trigger), targets in TRANSITIONS.items():
-        if trigger in (CommandId.STATUS, LocalInput.CLOSE, LocalInput.EOF):
+        if trigger in (LocalInput.CLOSE, LocalInput.EOF):
             continue
         label = trigger.name if isinstance(trigger, CommandId) else trigger.name.lower()
         for target in targets:
@@ -43,3 +48,7 @@ def test_module_prints_the_diagram(
     monkeypatch.delitem(sys.modules, "camproto.diagram")
     runpy.run_module("camproto.diagram", run_name="__main__")
     assert capsys.readouterr().out == mermaid()
+    monkeypatch.delitem(sys.modules, "camproto.diagram", raising=False)
+    monkeypatch.setattr(sys, "argv", ["diagram", "--status"])
+    runpy.run_module("camproto.diagram", run_name="__main__")
+    assert capsys.readouterr().out == status_table()

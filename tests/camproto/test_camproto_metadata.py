@@ -110,8 +110,42 @@ def test_adas_15() -> None:
         duration_s=10,
     )
     assert isinstance(got, AdasMetadata)
-    assert got.trigger_name == "crash"
+    # ADAS triggers are numbered as DualCam's (5 idling), not as DSM's (5 crash).
+    assert got.trigger_name == "idling"
     assert got.encode() == payload
+
+
+def test_dsm_event_bits_9_to_15_are_kept() -> None:
+    payload = bytes(14) + h("fe01") + bytes(10)
+    got = decode_metadata(payload, Camera.DSM, 5)
+    assert isinstance(got, DsmMetadata)
+    assert got.events == ("drowsiness",)
+    assert got.unnamed_events == 0xFE00
+    assert got.events_mask == 0xFE01
+    assert got.encode() == payload
+
+
+def test_dsm_non_ascii_driver_name() -> None:
+    # "Jūratė" reversed as text, then UTF-8 encoded, NUL padded (the reference server decodes
+    # the bytes, then reverses the string).
+    payload = bytes(16) + "ėtarūJ".encode() + b"\0\0"
+    got = decode_metadata(payload, Camera.DSM, 5)
+    assert isinstance(got, DsmMetadata)
+    assert got.driver_name == "Jūratė"
+    assert got.encode() == payload
+
+
+def test_dsm_driver_name_longer_than_ten_bytes_is_cut_on_a_character() -> None:
+    meta = DsmMetadata(
+        timestamp_ms=0,
+        file_type=0,
+        trigger=0,
+        latitude=0.0,
+        longitude=0.0,
+        events=(),
+        driver_name="abcdefghiė",  # 11 bytes; reversed, the two-byte ė comes first
+    )
+    assert meta.encode()[16:] == "ėihgfedcb".encode()
 
 
 @pytest.mark.parametrize(
@@ -225,8 +259,10 @@ def test_dualcam_round_trip(**fields: Any) -> None:
     trigger=st.integers(0, 255),
     latitude=MICRODEGREES,
     longitude=MICRODEGREES,
-    events=st.sets(st.sampled_from(DSM_EVENTS)),
-    driver_name=st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=10),
+    mask=st.integers(0, 0xFFFF),
+    driver_name=st.text(
+        st.characters(min_codepoint=0x21, exclude_categories=("Cs", "Zs", "Cc")), max_size=10
+    ).filter(lambda name: len(name.encode()) <= 10),
 )
 def test_dsm_round_trip(
     seconds: int,
@@ -234,7 +270,7 @@ def test_dsm_round_trip(
     trigger: int,
     latitude: float,
     longitude: float,
-    events: set[str],
+    mask: int,
     driver_name: str,
 ) -> None:
     meta = DsmMetadata(
@@ -243,12 +279,13 @@ def test_dsm_round_trip(
         trigger=trigger,
         latitude=latitude,
         longitude=longitude,
-        events=tuple(name for name in DSM_EVENTS if name in events),
+        events=tuple(name for bit, name in enumerate(DSM_EVENTS) if mask >> bit & 1),
         driver_name=driver_name,
+        unnamed_events=mask & 0xFE00,
     )
     payload = meta.encode()
     assert len(payload) == 26
-    assert payload[16:].rstrip(b"\0") == driver_name.encode()[::-1]  # reversed on the wire
+    assert payload[16:].rstrip(b"\0") == driver_name[::-1].encode()  # reversed on the wire
     assert decode_metadata(payload, Camera.DSM, 5) == meta
 
 

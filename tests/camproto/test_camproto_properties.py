@@ -22,15 +22,14 @@ from camproto import (
     Event,
     LocalInput,
     LocalProtocolError,
+    PolicyBase,
     RemoteProtocolError,
-    ResumePoint,
     ServerConfig,
     ServerConnection,
     ServerPolicy,
     ServerState,
     SessionClosed,
     SessionInfo,
-    TransferInfo,
     crc16,
 )
 from tests.camproto.camproto_helpers import (
@@ -232,6 +231,8 @@ def wire_for(command: CommandId, server: ServerConnection, variant: int) -> byte
         return frame(command, (DSM_PATH, ADAS_PATH, b"x", b"%photof")[variant])
     if command is CommandId.REPEAT_INIT:
         return bytes.fromhex("00090000")
+    if command is CommandId.STATUS:  # OK, two errors, file not available
+        return frame(command, u32((0, 1, 3, 0x11)[variant]))
     return frame(command, u32(variant) if command is not CommandId.PATH_REQUEST else b"\0\0")
 
 
@@ -249,8 +250,17 @@ def apply(server: ServerConnection, trigger: Input, variant: int) -> list[Event]
     return server.receive_eof()
 
 
+def assert_deadline(server: ServerConnection) -> None:
+    """No waiting without a deadline: a session is closed, or it says when to time it out."""
+    if server.state not in (S.CLOSED, S.ERROR):
+        assert server.next_deadline() is not None, server.state
+    else:
+        assert server.next_deadline() is None, server.state
+
+
 def check_step(server: ServerConnection, trigger: Input, variant: int) -> bool:
     """Apply one input; check it against TRANSITIONS. Return whether the connection lives."""
+    assert_deadline(server)
     before = server.state
     key = (before, trigger)
     had_deadline = server.next_deadline() is not None
@@ -268,6 +278,7 @@ def check_step(server: ServerConnection, trigger: Input, variant: int) -> bool:
         assert key not in TRANSITIONS
         assert server.state is before
         return True
+    assert_deadline(server)
     if key in TRANSITIONS:
         assert server.state in TRANSITIONS[key], (key, server.state)
         return True
@@ -285,20 +296,11 @@ def check_step(server: ServerConnection, trigger: Input, variant: int) -> bool:
 
 
 @dataclass(frozen=True)
-class DeclinePolicy:
+class DeclinePolicy(PolicyBase):
     """Wants nothing the device offers."""
-
-    def want_path_file(self, session: SessionInfo) -> bool:
-        return True
 
     def choose_file(self, session: SessionInfo, offered: Sequence[CameraFile]) -> CameraFile | None:
         return None
-
-    def want_metadata(self, session: SessionInfo, file: CameraFile) -> bool:
-        return False
-
-    def resume_point(self, session: SessionInfo, transfer: TransferInfo) -> ResumePoint:
-        return ResumePoint()
 
 
 POLICIES: list[ServerPolicy] = [DefaultPolicy(), DefaultPolicy(metadata=False), DeclinePolicy()]
@@ -310,11 +312,11 @@ def test_every_state_and_input() -> None:
     # Exhaustive: every state (reached with each policy, config, file kind and size) and every
     # input in every variant. Together they must take every edge of the table.
     taken: set[tuple[ServerState, Input, ServerState]] = set()
-    for state, path, policy, config, size in itertools.product(
-        S, (False, True), POLICIES, CONFIGS, (1024, 3000)
+    for state, path, more, policy, config, size in itertools.product(
+        S, (False, True), (False, True), POLICIES, CONFIGS, (1024, 3000)
     ):
         for trigger, variant in itertools.product(INPUTS, range(4)):
-            server = drive(state, path=path, size=size, policy=policy, config=config)
+            server = drive(state, path=path, size=size, policy=policy, config=config, more=more)
             if server is None:
                 continue
             check_step(server, trigger, variant)

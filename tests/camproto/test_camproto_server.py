@@ -19,6 +19,7 @@ from camproto import (
     FileOffered,
     LocalProtocolError,
     MetadataReceived,
+    PolicyBase,
     ProtocolError,
     RemoteProtocolError,
     ResumePoint,
@@ -181,22 +182,37 @@ def test_imei_limit() -> None:
     assert server.data_to_send() == b""
 
 
-@pytest.mark.parametrize("protocol", [0, 4, 7, 0xFFFF])
-def test_unsupported_protocol(protocol: int) -> None:
+@pytest.mark.parametrize("protocol", [0, 7, 0xFFFF])
+def test_unsupported_protocol_gets_close(protocol: int) -> None:
+    # The device hears CLOSE ("server will respond by sending close command") before the
+    # hang-up, and the reason names the id; before issue 10 the server just hung up.
     server = ServerConnection()
-    with pytest.raises(RemoteProtocolError) as info:
-        server.receive_data(init_bytes(protocol=protocol), 0.0)
-    assert str(info.value) == f"INIT protocol id {protocol} unsupported (supported: 5, 6)"
-    assert server.state is S.ERROR
+    events = server.receive_data(init_bytes(protocol=protocol), 0.0)
+    reason = (
+        f"INIT protocol id {protocol} unsupported (supported: 1, 2, 3, 4, 5, 6); "
+        f"IMEI {COMMUNITY_IMEI}"
+    )
+    assert events == [SessionClosed(reason=reason, clean=False)]
+    assert server.data_to_send() == h("00000000")
+    assert server.state is S.CLOSED
+    assert server.closed_reason == reason
+
+
+@pytest.mark.parametrize("protocol", [1, 2, 3, 4, 5, 6])
+def test_older_protocol_ids_with_the_same_init_layout_are_accepted(protocol: int) -> None:
+    server = ServerConnection(NO_META)
+    events = server.receive_data(init_bytes(protocol=protocol), 0.0)
+    assert isinstance(events[0], SessionStarted) and events[0].protocol == protocol
+    assert server.data_to_send() == h("000800072570686f746f66")
 
 
 def test_supported_protocols_are_configurable() -> None:
     server = ServerConnection(config=ServerConfig(supported_protocols=frozenset({7})))
     assert server.receive_data(init_bytes(protocol=7), 0.0)
-    with pytest.raises(RemoteProtocolError, match=r"unsupported \(supported: 7\)"):
-        ServerConnection(config=ServerConfig(supported_protocols=frozenset({7}))).receive_data(
-            init_bytes(protocol=5), 0.0
-        )
+    refused = ServerConnection(config=ServerConfig(supported_protocols=frozenset({7})))
+    [closed] = refused.receive_data(init_bytes(protocol=5), 0.0)
+    assert isinstance(closed, SessionClosed)
+    assert "unsupported (supported: 7)" in closed.reason
 
 
 @pytest.mark.parametrize(
@@ -292,9 +308,9 @@ def test_protocol_error_is_abstract() -> None:
 
 
 @pytest.mark.parametrize("state", [s for s in S if s not in (S.CLOSED, S.ERROR)])
-def test_status_allowed_in_every_open_state(state: ServerState) -> None:
+def test_status_ok_allowed_in_every_open_state(state: ServerState) -> None:
     server = server_in(state)
-    assert server.receive_data(h("0005000400000001"), 0.0) == [StatusReceived(status=1)]
+    assert server.receive_data(h("0005000400000000"), 0.0) == [StatusReceived(status=0)]
     assert server.state is state
     server.send_status(2)
     assert server.data_to_send() == h("0005000400000002")
@@ -424,7 +440,7 @@ def test_sync_at_another_offset_gets_a_new_resume() -> None:
     assert server.state_name == "AWAIT_SYNC"
     assert server.receive_data(sync_frame(1), 0.0) == []
     assert server.state_name == "RECEIVING"
-    assert server.next_deadline() is None
+    assert server.next_deadline() == 60.0  # the device's silence deadline, no more RESUMEs
 
 
 def test_sync_mismatch_gives_up_after_max_resumes() -> None:
@@ -471,6 +487,9 @@ def test_data_before_sync_is_ignored() -> None:
             crc=crc16(data[:1024]),
             crc_init=0,
             file_crc=crc16(data[:1024]),
+            last=False,
+            resume_end=1024,
+            resume_crc=crc16(data[:1024]),
         )
     ]
 
@@ -529,11 +548,18 @@ def test_resume_resent_every_two_seconds_then_close() -> None:
     assert server.state is S.CLOSED
 
 
-def test_timeout_without_deadline_does_nothing() -> None:
+def test_silence_mid_file_has_a_deadline() -> None:
+    # Before issue 10 a silent device mid-file left the server with no deadline at all.
     server = server_in(S.RECEIVING)
-    assert server.next_deadline() is None
-    assert server.handle_timeout(1e9) == []
+    assert server.next_deadline() == 60.0
+    assert server.handle_timeout(59.9) == []
     assert server.state is S.RECEIVING
+    assert server.handle_timeout(60.0) == [
+        SessionClosed(reason="no DATA within 60 s (state RECEIVING)", clean=False)
+    ]
+    assert server.data_to_send() == h("00000000")
+    assert server.closed_reason == "no DATA within 60 s (state RECEIVING)"
+    assert server.handle_timeout(1e9) == []
 
 
 def test_sync_answers_a_resent_resume() -> None:
@@ -543,7 +569,7 @@ def test_sync_answers_a_resent_resume() -> None:
     assert server.handle_timeout(5.0) == []
     assert server.next_deadline() == 10.0
     server.receive_data(sync_frame(1), 6.0)
-    assert server.next_deadline() is None
+    assert server.next_deadline() == 66.0  # ServerConfig.response_timeout after the SYNC
     assert server.state is S.RECEIVING
 
 
@@ -551,7 +577,7 @@ def test_sync_answers_a_resent_resume() -> None:
 
 
 @dataclass(frozen=True)
-class ChoosePolicy:
+class ChoosePolicy(PolicyBase):
     """DefaultPolicy with a fixed choice and resume point."""
 
     choice: CameraFile | None = None
@@ -563,9 +589,6 @@ class ChoosePolicy:
 
     def choose_file(self, session: SessionInfo, offered: Sequence[CameraFile]) -> CameraFile | None:
         return self.choice
-
-    def want_metadata(self, session: SessionInfo, file: CameraFile) -> bool:
-        return False
 
     def resume_point(self, session: SessionInfo, transfer: TransferInfo) -> ResumePoint:
         return self.point
@@ -667,7 +690,19 @@ def dualcam_script() -> list[Step]:
         (sync_frame(1), [], b""),
         (
             data_frame(p1),
-            [ChunkReceived(file=PHOTOF, offset=0, data=p1, crc=c1, crc_init=0, file_crc=c1)],
+            [
+                ChunkReceived(
+                    file=PHOTOF,
+                    offset=0,
+                    data=p1,
+                    crc=c1,
+                    crc_init=0,
+                    file_crc=c1,
+                    last=False,
+                    resume_end=1024,
+                    resume_crc=c1,
+                )
+            ],
             b"",
         ),
         (
@@ -694,6 +729,9 @@ def dualcam_script() -> list[Step]:
                     crc=crc16(p2),
                     crc_init=0,
                     file_crc=crc16(data[:2048]),
+                    last=False,
+                    resume_end=2048,
+                    resume_crc=crc16(data[:2048]),
                 )
             ],
             b"",
@@ -708,6 +746,9 @@ def dualcam_script() -> list[Step]:
                     crc=crc16(p3, crc16(p2)),
                     crc_init=crc16(p2),
                     file_crc=crc16(data),
+                    last=True,  # the resumable end stays at its start: inside the file
+                    resume_end=2048,
+                    resume_crc=crc16(data[:2048]),
                 ),
                 TransferComplete(file=PHOTOF, size=2500, file_crc=crc16(data), device_crc_ok=None),
             ],
@@ -777,6 +818,9 @@ def dsm_script() -> list[Step]:
                     crc=crc16(data[:1000]),
                     crc_init=0,
                     file_crc=crc16(data[:1000]),
+                    last=False,
+                    resume_end=1000,
+                    resume_crc=crc16(data[:1000]),
                 ),
                 ChunkReceived(
                     file=DSM,
@@ -785,6 +829,9 @@ def dsm_script() -> list[Step]:
                     crc=crc16(data),
                     crc_init=crc16(data[:1000]),
                     file_crc=crc16(data),
+                    last=True,
+                    resume_end=1000,
+                    resume_crc=crc16(data[:1000]),
                 ),
                 TransferComplete(file=DSM, size=1500, file_crc=crc16(data), device_crc_ok=True),
             ],

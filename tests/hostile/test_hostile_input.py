@@ -51,8 +51,9 @@ CLEAR = re.compile(
     r"|[A-Z_]+\(0x[0-9A-F]{4}\) length \d+, allowed (exactly \d+|\d+\.\.\d+) \(state \w+\)"
     r"|[A-Z_]+\(0x[0-9A-F]{4}\) is not a command the device sends \(state \w+\)"
     r"|device sent [A-Z_]+\(0x[0-9A-F]{4}\) in state \w+; expected .+"
-    r"|INIT protocol id \d+ unsupported \(supported: 5, 6\)"
+    r"|INIT protocol id \d+ unsupported \(supported: 1, 2, 3, 4, 5, 6\); IMEI \d+"
     r"|INIT IMEI \d+ has more than 15 digits"
+    r"|device STATUS 0x[0-9A-F]+ in state AWAIT_INIT"
     r"|" + re.escape(IDLE_REASON)
 )
 
@@ -64,7 +65,15 @@ def expected_reason(data: bytes) -> str:
         conn.receive_data(data, 0.0)
     except RemoteProtocolError as exc:
         return str(exc)
+    if conn.closed_reason is not None:  # refused with CLOSE (an unsupported protocol id)
+        return conn.closed_reason
     return IDLE_REASON  # a valid prefix: the device then says nothing more
+
+
+def refused_with_close(reason: str) -> bool:
+    """camproto answers an unsupported protocol id, or an error STATUS before INIT, with CLOSE
+    at once, not a bare hang-up (nor, for the STATUS, a wait for the idle timeout)."""
+    return "unsupported (supported:" in reason or reason.startswith("device STATUS")
 
 
 @dataclass
@@ -96,9 +105,9 @@ FIXED = [
     Case("DATA length 65535 after INIT", init() + frame(0x0004, 0xFFFF),
          "DATA(0x0004) length 65535, allowed 3..1026 (state AWAIT_METADATA)", after_init=True),
     Case("unknown protocol id 7", init(protocol=7),
-         "INIT protocol id 7 unsupported (supported: 5, 6)"),
+         f"INIT protocol id 7 unsupported (supported: 1, 2, 3, 4, 5, 6); IMEI {IMEI}"),
     Case("unknown protocol id 0xFFFF", init(protocol=0xFFFF),
-         "INIT protocol id 65535 unsupported (supported: 5, 6)"),
+         f"INIT protocol id 65535 unsupported (supported: 1, 2, 3, 4, 5, 6); IMEI {IMEI}"),
     Case("IMEI of 16 digits", init(imei=10**15),
          "INIT IMEI 1000000000000000 has more than 15 digits"),
     Case("IMEI of 20 digits", init(imei=2**64 - 1),
@@ -162,7 +171,7 @@ async def test_hostile_bytes_get_a_clear_reason_and_a_closed_socket(kafka: str) 
     assert all(CLEAR.fullmatch(case.reason) for case in cases), [c.reason for c in cases]
     before = {
         reason: camera_metric("fleetgate_ingestor_sessions_closed_total", reason=reason)
-        for reason in ("protocol_error", "idle")
+        for reason in ("protocol_error", "idle", "device_closed")
     }
     async with running(settings(kafka, hello_timeout_seconds=INIT_TIMEOUT)) as ingestor:
         assert ingestor.port is not None
@@ -187,11 +196,20 @@ async def test_hostile_bytes_get_a_clear_reason_and_a_closed_socket(kafka: str) 
         assert outcome.ending == "eof" or (outcome.ending == "reset" and not idle), case.name
         if idle:  # CLOSE SESSION, then EOF, after init_timeout
             assert outcome.received == CLOSE and outcome.seconds >= INIT_TIMEOUT * 0.9
+        elif refused_with_close(case.reason):  # CLOSE before the hang-up, at once
+            assert outcome.received == CLOSE and outcome.seconds < INIT_TIMEOUT, case.name
         elif case.after_init:  # the server had asked for metadata before the bad bytes
             assert outcome.received in (b"", frame(0x000A, 7, b"%photof")), case.name
         else:  # refused at once, nothing sent
             assert outcome.received == b"" and outcome.seconds < INIT_TIMEOUT, case.name
-    counts = Counter("idle" if c.reason == IDLE_REASON else "protocol_error" for c in cases)
+    counts = Counter(
+        "idle"
+        if c.reason == IDLE_REASON
+        else "device_closed"
+        if refused_with_close(c.reason)
+        else "protocol_error"
+        for c in cases
+    )
     for reason, count in counts.items():
         delta = (
             camera_metric("fleetgate_ingestor_sessions_closed_total", reason=reason)

@@ -17,19 +17,22 @@ from typing import Protocol
 import pytest
 
 from camproto import (
-    CameraFile,
     ChunkReceived,
     CrcMismatch,
     DefaultPolicy,
+    DelegatingPolicy,
     Event,
     MetadataReceived,
+    PathEmpty,
     RemoteProtocolError,
     ResumePoint,
     ServerConfig,
     ServerConnection,
     ServerState,
+    SessionClosed,
     SessionInfo,
     SessionStarted,
+    StatusReceived,
     TransferComplete,
     TransferInfo,
     TransferStarted,
@@ -69,21 +72,12 @@ class FirstChunk:
     crc_init: int
 
 
-class _StorePolicy:
+class _StorePolicy(DelegatingPolicy):
     """DefaultPolicy, except that files resume from what the server already holds."""
 
     def __init__(self, server: FileServer) -> None:
         self._server = server
-        self._default = DefaultPolicy()
-
-    def want_path_file(self, session: SessionInfo) -> bool:
-        return self._default.want_path_file(session)
-
-    def choose_file(self, session: SessionInfo, offered: Sequence[CameraFile]) -> CameraFile | None:
-        return self._default.choose_file(session, offered)
-
-    def want_metadata(self, session: SessionInfo, file: CameraFile) -> bool:
-        return self._default.want_metadata(session, file)
+        self.base = DefaultPolicy()
 
     def resume_point(self, session: SessionInfo, transfer: TransferInfo) -> ResumePoint:
         key = (session.imei, transfer.file.identifier)
@@ -128,6 +122,9 @@ class FileServer:
         self.protocol_errors: list[str] = []
         #: Anything that should never happen (chunks out of order, bad file CRC).
         self.problems: list[str] = []
+        #: Per IMEI, how its sessions ended, and the failure-path events seen.
+        self.closed: dict[int, list[SessionClosed]] = {}
+        self.noted: dict[int, list[Event]] = {}
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -216,7 +213,11 @@ class FileServer:
                 return
 
     def _on_event(self, conn: ServerConnection, context: _Context, event: Event) -> None:
-        if isinstance(event, SessionStarted):
+        if isinstance(event, SessionClosed):
+            self.closed.setdefault(context.imei, []).append(event)
+        elif isinstance(event, PathEmpty | StatusReceived):
+            self.noted.setdefault(context.imei, []).append(event)
+        elif isinstance(event, SessionStarted):
             context.imei = event.imei
         elif isinstance(event, MetadataReceived):
             context.metadata = event.metadata

@@ -22,6 +22,7 @@ OPTIONS = (
     "--photos", "--videos", "--bad-crc-at", "--disconnect-at", "--disconnects", "--slow",
     "--split", "--garbage", "--restart-crc", "--seed", "--timeout", "--io-timeout",
     "--max-reconnects", "--reconnect-backoff", "--concurrency", "--json", "--progress-interval",
+    "--fail", "--fail-devices",
 )  # fmt: skip
 
 
@@ -105,6 +106,40 @@ async def test_end_to_end_success(file_server: FileServer) -> None:
     assert f"6 devices -> 127.0.0.1:{file_server.port}" in err
     assert "bad_crc_at=5" in err and "FAILED" not in err
     assert len(file_server.files) == 12 and file_server.problems == []
+
+
+def test_failure_path_options() -> None:
+    parser = fleetgate_cli.build_parser(load="simulate")
+    args = parser.parse_args(
+        shlex.split("simulate --fail no-file --fail bad-protocol --fail-devices 2")
+    )
+    faults = config_from_args(args).faults
+    assert [path.value for path in faults.fail] == ["no-file", "bad-protocol"]
+    assert faults.fail_devices == 2
+    assert faults.active == ("fail=no-file+bad-protocol x2".replace(" ", ""),)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["simulate", "--fail", "explode"])
+    assert run(parser.parse_args(["simulate", "--fail", "no-file", "--fail-devices", "-1"])) == 2
+
+
+async def test_end_to_end_every_failure_path(file_server: FileServer) -> None:
+    # Each device plays every failure path at once; every real file still arrives.
+    paths = ["no-file", "empty-file", "gone-file", "metadata-error", "status-error",
+             "bad-protocol"]  # fmt: skip
+    code, out, err = await simulate(
+        "--port", str(file_server.port), "--devices", "4", "--photo-size", "20K",
+        "--video-size", "60K", "--fail-devices", "4", "--progress-interval", "0",
+        "--reconnect-backoff", "0.01", *(arg for path in paths for arg in ("--fail", path)),
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.splitlines()[-1].startswith("4 devices: 4 ok, 0 failed; 8/8 files accepted")
+    assert "fail=no-file+empty-file+gone-file+metadata-error+status-error+bad-protocolx4" in err
+    assert len(file_server.files) == 8 and file_server.problems == []
+    reasons = [c.reason for closed in file_server.closed.values() for c in closed]
+    for reason in ("INIT protocol id 9 unsupported", "device STATUS 0x03 about",
+                   "device has no file ready", "came back empty", "not available"):  # fmt: skip
+        assert any(reason in r for r in reasons), (reason, reasons)
+    assert file_server.protocol_errors == []
 
 
 async def test_end_to_end_json(file_server: FileServer) -> None:

@@ -11,13 +11,15 @@ the session's nonce: such a transfer is never resumed from another session; it s
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import contracts
 from camproto import (
     CameraFile,
     DefaultPolicy,
+    DelegatingPolicy,
+    EmptyFileMemory,
     ResumePoint,
     ServerPolicy,
     SessionInfo,
@@ -28,7 +30,11 @@ from contracts import TransferProgress
 from .convert import capture_ms
 from .progress import ProgressBook
 
-__all__ = ["Decision", "ResumePolicy", "transfer_key"]
+__all__ = ["EMPTY_FILES", "Decision", "ResumePolicy", "transfer_key"]
+
+#: Files that came back empty (START 0), per device, shared by every session of this process:
+#: one empty in 3 sessions in a row is given up until the device offers something else.
+EMPTY_FILES = EmptyFileMemory(limit=3)
 
 
 def transfer_key(imei: int | str, transfer: TransferInfo, nonce: str) -> str:
@@ -59,8 +65,9 @@ class Decision:
 
 
 @dataclass(slots=True)
-class ResumePolicy:
-    """:class:`camproto.DefaultPolicy`, plus resume points from the progress book.
+class ResumePolicy(DelegatingPolicy):
+    """:class:`camproto.DefaultPolicy`, plus resume points from the progress book, and files
+    given up after coming back empty session after session (``empty_files``).
 
     A known, incomplete transfer resumes at its durable offset with the CRC of the bytes
     before it; a known complete one (its device never heard REPEAT INIT) resumes at the start
@@ -72,15 +79,15 @@ class ResumePolicy:
     nonce: str
     base: ServerPolicy = field(default_factory=DefaultPolicy)
     decisions: deque[Decision] = field(default_factory=deque)
+    empty_files: EmptyFileMemory = field(default_factory=lambda: EMPTY_FILES)
 
-    def want_path_file(self, session: SessionInfo) -> bool:
-        return self.base.want_path_file(session)
+    def given_up(self, session: SessionInfo, offered: Sequence[CameraFile]) -> Collection[bytes]:
+        return self.empty_files.given_up(session.imei, offered)
 
-    def choose_file(self, session: SessionInfo, offered: Sequence[CameraFile]) -> CameraFile | None:
-        return self.base.choose_file(session, offered)
-
-    def want_metadata(self, session: SessionInfo, file: CameraFile) -> bool:
-        return self.base.want_metadata(session, file)
+    def start_answered(
+        self, session: SessionInfo, file: CameraFile, offered: Sequence[CameraFile], *, empty: bool
+    ) -> int | None:
+        return self.empty_files.answered(session.imei, file, offered, empty=empty)
 
     def resume_point(self, session: SessionInfo, transfer: TransferInfo) -> ResumePoint:
         tid = transfer_key(session.imei, transfer, self.nonce)

@@ -21,16 +21,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from camproto import (
-    DATA_CHUNK,
     CameraFile,
     ChunkReceived,
     CrcMismatch,
     DefaultPolicy,
     Event,
     FileEmpty,
+    FileGivenUp,
     FileOffered,
     Metadata,
     MetadataReceived,
+    PathEmpty,
     RemoteProtocolError,
     ServerConnection,
     ServerState,
@@ -86,7 +87,6 @@ class _Transfer:
     started: float
     resume_offset: int
     total: int  # as START said: packets (DualCam) or bytes
-    by_packets: bool
     file_crc: int  # CRC-16 of the bytes received so far, from byte 0
     durable: int  # bytes [0, durable) acknowledged by Kafka: a resume point
     durable_crc: int
@@ -103,12 +103,6 @@ class _Transfer:
     lost: bool = False
     bytes: int = 0
     crc_mismatches: int = 0
-
-    def is_last(self, offset: int, size: int) -> bool:
-        """Whether the DATA packet at ``offset`` is the file's last one."""
-        if self.by_packets:
-            return offset // DATA_CHUNK >= self.total - 1
-        return offset + size >= self.total
 
 
 class CameraSession(Session):
@@ -161,7 +155,8 @@ class CameraSession(Session):
 
     @property
     def detail(self) -> str:
-        return self._detail
+        # camproto names why it closed (a timeout, a device status, an empty file ...).
+        return self._conn.closed_reason or self._detail
 
     def next_deadline(self) -> float | None:
         return self._conn.next_deadline()
@@ -265,6 +260,12 @@ class CameraSession(Session):
                     self.link.close_reason = "clean"
             elif isinstance(event, FileEmpty):
                 self.link.log.info("file_empty", file=event.file.path)
+            elif isinstance(event, FileGivenUp):
+                self.link.log.warning(
+                    "file_given_up", file=event.file.path, sessions=event.sessions
+                )
+            elif isinstance(event, PathEmpty):
+                self.link.log.info("path_empty")  # the device has no file ready
 
     async def _on_started(self, event: TransferStarted) -> None:
         assert self.imei is not None
@@ -319,7 +320,6 @@ class CameraSession(Session):
             started=time.monotonic(),
             resume_offset=event.resume_offset,
             total=total,
-            by_packets=event.packets is not None,
             file_crc=resumed_crc,
             durable=event.resume_offset,
             durable_crc=resumed_crc,
@@ -389,8 +389,7 @@ class CameraSession(Session):
                 safe_end=event.offset,
                 safe_crc=before,
             )
-        if not transfer.is_last(event.offset, size):
-            record.safe_end, record.safe_crc = event.offset + size, event.file_crc
+        record.safe_end, record.safe_crc = event.resume_end, event.resume_crc
 
     async def _flush_record(self) -> None:
         transfer = self._transfer
