@@ -41,6 +41,10 @@ class Stack:
     def said(self, fragment: str) -> int:
         return sum(fragment in line for line in list(self.output))
 
+    def said_again(self, service: str) -> bool:
+        """The devstack said it restarted ``service``."""
+        return self.said(f"starting {service} again") > 0
+
     def child(self, service: str) -> int:
         """PID of the devstack's ``fleetgate <service>`` child now."""
         for pid in _children(self.process.pid):

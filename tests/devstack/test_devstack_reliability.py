@@ -15,6 +15,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from simulator import ContentSpec, Faults, Fleet, SimulationConfig
@@ -67,9 +68,7 @@ async def test_killed_services_restart_and_every_confirmed_file_is_stored(
             )
             os.kill(stack.child(service), signal.SIGKILL)
             at = time.monotonic()
-            await until(
-                lambda s=service: stack.said(f"starting {s} again") > 0, 30, f"{service} restart"
-            )
+            await until(partial(stack.said_again, service), 30, f"{service} restart")
             killed[service] = round(time.monotonic() - at, 2)
         report = await run
         assert report.ok, report.summary()
