@@ -13,9 +13,11 @@ from typing import Any, cast
 
 import faust
 import pytest
+from structlog.testing import capture_logs
 
-from assembler import agents
+from assembler import agents, metrics
 from assembler.agents import Assembler, Rewinder
+from assembler.health import S3Watch
 from assembler.settings import AssemblerSettings
 from assembler.state import Reassembler
 from assembler.storage import ObjectStore, StoreResult
@@ -259,7 +261,7 @@ async def test_rebalance_and_expiry_drop_transfers(tmp_path: Path) -> None:
     assigned = {faust.types.TP(Topic.CHUNKS, 0), faust.types.TP("other", 1)}
     await rig.assembler._on_assigned(None, assigned, signal=None)
     assert set(rig.assembler.reassembler.transfers) == {a.tid}
-    rig.assembler.settings.transfer_idle_timeout = 0.0
+    rig.assembler.settings.transfer_idle_seconds = 0.0
     rig.assembler.expire()
     assert len(rig.assembler.reassembler) == 0
 
@@ -290,3 +292,105 @@ async def test_acknowledgements_reach_faust_in_record_order() -> None:
     await end_a()
     assert acked == [("p1", 5), ("p0", 10), ("p0", 11)]
     assert acks.pending(cast(Any, "p0")) == 0
+
+
+def _interleaved(log: Log, files: list[CameraFile], record_bytes: int) -> list[SimpleNamespace]:
+    """Each file's start, then their chunk records in turn, then their end records."""
+    kind, tid = ChunkHeader.KIND, ChunkHeader.TRANSFER
+    starts = [log.add(f.tid, encode(f.start()), [_h(kind, "start"), _h(tid, f.tid)]) for f in files]
+    out = list(starts)
+    chunks = [chunk_records(f.data, 0, None, record_bytes) for f in files]
+    for i in range(max(map(len, chunks))):
+        for f, start, cs in zip(files, starts, chunks, strict=True):
+            if i < len(cs):
+                out.append(log.add(f.tid, cs[i].value, _chunk_headers(f.tid, cs[i], start.offset)))
+    for f, start in zip(files, starts, strict=True):
+        end = [_h(kind, "end"), _h(tid, f.tid), _h(ChunkHeader.ORIGIN, start.offset)]
+        out.append(log.add(f.tid, encode(f.end()), end))
+    return out
+
+
+async def test_a_full_spool_pauses_consumption_and_loses_nothing(tmp_path: Path) -> None:
+    """Two transfers interleaved would hold 300 KB; the quota is 200 KB. The record that would
+    pass it waits (the agent takes nothing else) until the other transfer's spool expires;
+    that transfer's next record rewinds from Kafka (and may make the other wait in turn: a
+    quota below what the transfers in flight need costs re-reads, never bytes), and both files
+    are stored whole."""
+    rig = _rig(tmp_path)
+    settings = rig.assembler.settings
+    settings.spool_quota_bytes = 200_000
+    settings.transfer_idle_seconds = 0.3
+    a, b = dsm(os.urandom(150_000), "/DSM/a.mp4\0"), dsm(os.urandom(150_000), "/DSM/b.mp4\0")
+    messages = _interleaved(rig.log, [a, b], 64 * 1024)
+    pauses = metrics.spool_full._value.get()
+    peak = 0
+    handled = 0
+
+    async def consume() -> None:
+        nonlocal peak, handled
+        for message in messages:
+            await rig.assembler.handle(message)
+            peak = max(peak, rig.assembler.reassembler.spool_bytes)
+            handled += 1
+
+    task = asyncio.create_task(consume())
+    deadline = asyncio.get_running_loop().time() + 5
+    while metrics.spool_paused._value.get() != 1:  # a start, b start, a 64K, b 64K, a 64K
+        assert asyncio.get_running_loop().time() < deadline, "never paused"
+        await asyncio.sleep(0.01)
+    assert handled == 5 and rig.assembler.reassembler.spool_bytes <= settings.spool_quota_bytes
+    await asyncio.wait_for(task, 10)
+    await rig.assembler.flush()
+    assert metrics.spool_full._value.get() > pauses
+    assert metrics.spool_paused._value.get() == 0
+    assert peak <= settings.spool_quota_bytes
+    assert rig.store.stored.keys() == {e.key for e in rig.events if isinstance(e, FileStored)}
+    assert sorted(data for data, _, _ in rig.store.stored.values()) == sorted([a.data, b.data])
+    origins = {a.tid: messages[0].offset, b.tid: messages[1].offset}
+    assert rig.rewinder.calls  # the expired transfer was read again, from its start record
+    assert all(start == origins[key.decode()] for _, _, start, _, key in rig.rewinder.calls)
+    assert not list((tmp_path / "spool").iterdir())
+
+
+async def test_a_transfer_alone_in_the_spool_is_never_held_back(tmp_path: Path) -> None:
+    rig = _rig(tmp_path)
+    rig.assembler.settings.spool_quota_bytes = 10_000  # smaller than the file
+    f = dsm(os.urandom(150_000), "/DSM/big.mp4\0")
+    for message in rig.log.transfer(f):
+        await asyncio.wait_for(rig.assembler.handle(message), 5)
+    await rig.assembler.flush()
+    [(data, _, _)] = rig.store.stored.values()
+    assert data == f.data
+
+
+async def test_an_oversized_start_is_a_file_failed_event(tmp_path: Path) -> None:
+    rig = _rig(tmp_path)
+    rig.assembler.reassembler.max_file_bytes = {"dsm": 100_000}
+    f = dsm(os.urandom(150_000), "/DSM/huge.mp4\0")
+    for message in rig.log.transfer(f):
+        await rig.assembler.handle(message)
+    [event] = rig.events
+    assert isinstance(event, FileFailed) and event.reason.startswith("size: START announces")
+    assert rig.store.stored == {} and not list((tmp_path / "spool").iterdir())
+
+
+async def test_slow_s3_requests_are_logged_once_and_make_s3_not_ready(tmp_path: Path) -> None:
+    clock = [100.0]
+    rig = _rig(tmp_path)
+    watch = rig.assembler.watch = S3Watch(2.0, clock=lambda: clock[0])
+    with capture_logs() as logs:
+        with watch.request("put"):
+            clock[0] += 1.0
+            rig.assembler.check_s3()
+            assert watch.ready() and not [e for e in logs if e["event"] == "s3_slow"]
+            clock[0] += 1.5
+            rig.assembler.check_s3()
+            rig.assembler.check_s3()
+            slow = [e for e in logs if e["event"] == "s3_slow"]
+            assert len(slow) == 1 and slow[0]["operation"] == "put"
+            assert slow[0]["in_flight_seconds"] == 2.5 and not watch.ready()
+            assert [e["reason"] for e in logs if e["event"] == "s3_not_ready"] == [
+                "an S3 request has been in flight for 2.5 s"
+            ]
+        rig.assembler.check_s3()
+    assert watch.ready() and logs[-1]["event"] == "s3_ready"
