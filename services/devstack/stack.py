@@ -87,10 +87,11 @@ SERVICES = ("ingestor", "assembler", "connector")
 
 #: What the banner says the in-memory broker forgets (the README says the same).
 MEMORY_BROKER_NOTE = (
-    "in memory: what it holds is gone when the stack stops or the broker dies (files "
-    "confirmed to devices but not yet stored, webhooks not yet delivered, transfer progress). "
-    "A stop waits for the assembler and connector to finish first; Tansu keeps every record "
-    "until then (no retention in its memory engine). FLEETGATE_BROKER_STORAGE=s3 keeps them."
+    "what Kafka holds is gone when the stack stops or the broker dies: files confirmed to "
+    "devices but not yet stored, webhooks not yet delivered, transfer progress (a stop waits "
+    "for the assembler and connector to finish first). Nothing is evicted meanwhile: Tansu's "
+    "memory engine applies no retention, memory grows with every byte uploaded until the "
+    "stack stops. FLEETGATE_BROKER_STORAGE=s3 keeps the records across restarts."
 )
 
 
@@ -229,10 +230,12 @@ class Stack:
         elif s.broker_storage == "s3":
             kafka = f"{bootstrap} (embedded Tansu, topics kept in s3://tansu)"
         else:
-            kafka = f"{bootstrap} (embedded Tansu, {MEMORY_BROKER_NOTE})"
+            kafka = f"{bootstrap} (embedded Tansu, in memory)"
+        forgets = {"in memory": MEMORY_BROKER_NOTE} if self.memory_broker else {}
         return {
             "device port": f"{s.camera_port} (TCP, Teltonika camera protocol)",
             "Kafka": kafka,
+            **forgets,
             "files": f"s3://{s.s3_bucket} at http://{endpoint}"
             + ("" if s.s3_endpoint else f" (on disk: {data / 's3' / s.s3_bucket})"),
             "webhooks": str(config)
