@@ -172,6 +172,8 @@ class Assembler:
         self._slots = asyncio.Semaphore(settings.s3_concurrency)
         self._uploads: set[asyncio.Task[None]] = set()
         self._closing = asyncio.Event()
+        #: Transfers set aside because the spool was full (insertion order; for logging).
+        self._aside: dict[str, None] = {}
         metrics.uploads_in_progress.set_function(lambda: len(self._uploads))
         metrics.transfers_in_progress.set_function(lambda: len(self.reassembler))
         metrics.spool_bytes.set_function(lambda: self.reassembler.spool_bytes)
@@ -315,8 +317,13 @@ class Assembler:
             outcome = self.reassembler.malformed(tid, str(exc), message.partition, message.offset)
             return await self._conclude(outcome, ack)
         metrics.records.labels(record.kind.value).inc()
-        if record.kind is not RecordKind.START:
+        if record.kind is RecordKind.CHUNK and self._growth(record):
+            self._set_aside(record)
+            return False
+        if record.kind is RecordKind.END:
             await self._room_for(record)
+        if self._aside.pop(record.transfer_id, None) is not None:
+            _log.info("transfer_resumed_from_kafka", transfer=record.transfer_id)
         self.busy = record.transfer_id
         try:
             outcome = self.reassembler.feed(record)
@@ -341,11 +348,32 @@ class Assembler:
             return grows
         return 0
 
+    def _set_aside(self, record: Record) -> None:
+        """A chunk that would pass the spool quota while other transfers hold bytes: free this
+        transfer's spool and skip the record (Kafka keeps it). Its next record that fits
+        rewinds to its ``start`` record and rebuilds it, so transfers interleaved on the
+        stream finish one after the other instead of starving each other."""
+        tid = record.transfer_id
+        released = self.reassembler.release(tid)
+        metrics.spool_set_aside.inc()
+        if tid not in self._aside:
+            self._aside[tid] = None
+            while len(self._aside) > 10_000:  # only for logging: forget the oldest
+                self._aside.pop(next(iter(self._aside)))
+            _log.warning(
+                "spool_full_set_aside",
+                transfer=tid,
+                freed=released,
+                held=self.reassembler.spool_bytes,
+                quota=self.settings.spool_quota_bytes,
+                transfers=len(self.reassembler),
+            )
+
     async def _room_for(self, record: Record) -> None:
         """Stop consuming (this agent takes no record, so faust's buffer fills and fetching
-        pauses) while ``record`` would pass the spool quota. Room comes from uploads ending
-        and from idle transfers expiring (their records stay in Kafka: a later record
-        rewinds); a transfer alone in the spool is never held back (it could wait forever)."""
+        pauses) while an ``end`` record would rebuild a file past the spool quota. Room comes
+        from uploads ending and from idle transfers expiring (their records stay in Kafka: a
+        later record rewinds); a transfer alone in the spool is never held back."""
         if not self._growth(record):
             return
         metrics.spool_full.inc()

@@ -75,7 +75,12 @@ spool_paused = Gauge(
 )
 spool_full = Counter(
     "fleetgate_assembler_spool_full_total",
-    "Times consumption paused because a record would pass the spool quota",
+    "Times consumption paused because an end record would rebuild a file past the spool quota",
+)
+spool_set_aside = Counter(
+    "fleetgate_assembler_spool_set_aside_total",
+    "Chunk records skipped (their transfer's spool freed, read again from Kafka later) because "
+    "they would pass the spool quota",
 )
 S3_OPERATIONS = ("stat", "put", "bucket")
 s3_request_seconds = Histogram(

@@ -66,9 +66,10 @@ class AssemblerSettings(CommonSettings):
     spool_quota_bytes: int = Field(
         2 * 1024**3,
         gt=0,
-        description="bytes the spool may hold across transfers; when a record would pass it, "
-        "the assembler stops consuming (nothing is dropped) until uploads or idle expiry free "
-        "room, unless the transfer waiting is the only one in the spool",
+        description="bytes the spool may hold across transfers; a chunk that would pass it "
+        "sets its transfer aside (spool freed, its records read again from Kafka once there "
+        "is room), an end record that would waits (consumption stops) until uploads or idle "
+        "expiry free room; nothing is dropped; a transfer alone in the spool always proceeds",
     )
     max_file_bytes: dict[str, int] = Field(
         default_factory=lambda: dict(DEFAULT_MAX_FILE_BYTES),

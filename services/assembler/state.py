@@ -471,6 +471,15 @@ class Reassembler:
             self._drop(transfer)
         return stale
 
+    def release(self, transfer_id: str) -> int:
+        """Free the spool of a transfer in progress (not one being stored); its next record
+        rewinds. Returns the bytes freed."""
+        transfer = self.transfers.get(transfer_id)
+        if transfer is None or transfer.completing:
+            return 0
+        self._drop(transfer)
+        return transfer.expected
+
     def drop_partitions(self, partitions: Iterable[int]) -> list[Transfer]:
         """Drop the transfers of partitions this instance no longer consumes."""
         gone = set(partitions)

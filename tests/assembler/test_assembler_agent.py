@@ -310,46 +310,57 @@ def _interleaved(log: Log, files: list[CameraFile], record_bytes: int) -> list[S
     return out
 
 
-async def test_a_full_spool_pauses_consumption_and_loses_nothing(tmp_path: Path) -> None:
-    """Two transfers interleaved would hold 300 KB; the quota is 200 KB. The record that would
-    pass it waits (the agent takes nothing else) until the other transfer's spool expires;
-    that transfer's next record rewinds from Kafka (and may make the other wait in turn: a
-    quota below what the transfers in flight need costs re-reads, never bytes), and both files
-    are stored whole."""
+async def test_a_full_spool_sets_a_transfer_aside_and_loses_nothing(tmp_path: Path) -> None:
+    """Two transfers interleaved would hold 300 KB; the quota is 200 KB. The chunk that would
+    pass it is skipped and its transfer's spool freed (Kafka keeps its records); the other
+    transfer completes; the set-aside one is rebuilt from its start record when its next
+    record fits (its end record waits for the other's upload if need be). Both are stored
+    whole and the spool never holds more than the quota."""
+    rig = _rig(tmp_path)
+    settings = rig.assembler.settings
+    settings.spool_quota_bytes = 200_000
+    a, b = dsm(os.urandom(150_000), "/DSM/a.mp4\0"), dsm(os.urandom(150_000), "/DSM/b.mp4\0")
+    messages = _interleaved(rig.log, [a, b], 64 * 1024)
+    set_aside = metrics.spool_set_aside._value.get()
+    peak = 0
+    with capture_logs() as logs:
+        for message in messages:
+            await asyncio.wait_for(rig.assembler.handle(message), 10)
+            peak = max(peak, rig.assembler.reassembler.spool_bytes)
+        await rig.assembler.flush()
+    assert metrics.spool_set_aside._value.get() > set_aside
+    assert [e["transfer"] for e in logs if e["event"] == "spool_full_set_aside"] == [b.tid]
+    assert metrics.spool_paused._value.get() == 0
+    assert peak <= settings.spool_quota_bytes
+    assert rig.store.stored.keys() == {e.key for e in rig.events if isinstance(e, FileStored)}
+    assert sorted(data for data, _, _ in rig.store.stored.values()) == sorted([a.data, b.data])
+    # b was read again once, from its start record.
+    assert [(start, key) for _, _, start, _, key in rig.rewinder.calls] == [
+        (messages[1].offset, b.tid.encode())
+    ]
+    assert not list((tmp_path / "spool").iterdir())
+
+
+async def test_an_end_record_waits_for_room_while_the_others_expire(tmp_path: Path) -> None:
+    """An end record whose file must be rebuilt past the quota waits (consumption stops)
+    until another transfer's idle spool expires; nothing is skipped."""
     rig = _rig(tmp_path)
     settings = rig.assembler.settings
     settings.spool_quota_bytes = 200_000
     settings.transfer_idle_seconds = 0.3
     a, b = dsm(os.urandom(150_000), "/DSM/a.mp4\0"), dsm(os.urandom(150_000), "/DSM/b.mp4\0")
-    messages = _interleaved(rig.log, [a, b], 64 * 1024)
+    b_records = rig.log.transfer(b)
+    a_records = rig.log.transfer(a)
+    for message in a_records[:-1]:  # a holds 150 KB and is never finished (abandoned)
+        await rig.assembler.handle(message)
     pauses = metrics.spool_full._value.get()
-    peak = 0
-    handled = 0
-
-    async def consume() -> None:
-        nonlocal peak, handled
-        for message in messages:
-            await rig.assembler.handle(message)
-            peak = max(peak, rig.assembler.reassembler.spool_bytes)
-            handled += 1
-
-    task = asyncio.create_task(consume())
-    deadline = asyncio.get_running_loop().time() + 5
-    while metrics.spool_paused._value.get() != 1:  # a start, b start, a 64K, b 64K, a 64K
-        assert asyncio.get_running_loop().time() < deadline, "never paused"
-        await asyncio.sleep(0.01)
-    assert handled == 5 and rig.assembler.reassembler.spool_bytes <= settings.spool_quota_bytes
-    await asyncio.wait_for(task, 10)
+    done = await asyncio.wait_for(rig.assembler.handle(b_records[-1]), 10)  # b's end only
+    assert done  # b was rebuilt from Kafka and completed: its upload runs
     await rig.assembler.flush()
-    assert metrics.spool_full._value.get() > pauses
-    assert metrics.spool_paused._value.get() == 0
-    assert peak <= settings.spool_quota_bytes
-    assert rig.store.stored.keys() == {e.key for e in rig.events if isinstance(e, FileStored)}
-    assert sorted(data for data, _, _ in rig.store.stored.values()) == sorted([a.data, b.data])
-    origins = {a.tid: messages[0].offset, b.tid: messages[1].offset}
-    assert rig.rewinder.calls  # the expired transfer was read again, from its start record
-    assert all(start == origins[key.decode()] for _, _, start, _, key in rig.rewinder.calls)
-    assert not list((tmp_path / "spool").iterdir())
+    assert metrics.spool_full._value.get() == pauses + 1
+    assert a.tid not in rig.assembler.reassembler.transfers  # expired to make room
+    [(data, _, _)] = rig.store.stored.values()
+    assert data == b.data
 
 
 async def test_a_transfer_alone_in_the_spool_is_never_held_back(tmp_path: Path) -> None:

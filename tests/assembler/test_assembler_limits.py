@@ -120,3 +120,47 @@ async def test_a_frozen_s3_server_shows_within_seconds_and_files_are_stored_afte
         oldest_request_age_at_log_s=round(age, 2),
         sigcont_to_stored_s=round(stored, 2),
     )
+
+
+async def test_a_full_spool_pauses_the_real_consumer_and_both_files_are_stored(
+    kafka: str, s3: S3, tmp_path: Path
+) -> None:
+    """Two 1 MB files interleaved with a 1.5 MB quota: the assembler sets one aside (frees its
+    spool), finishes the other, then reads the first again from Kafka; both stored intact."""
+    env = {"FLEETGATE_SPOOL_QUOTA_BYTES": "1500000", "FLEETGATE_TRANSFER_IDLE_SECONDS": "2"}
+    process = AssemblerProcess(kafka, s3, tmp_path, env=env)
+    a, b = (
+        dsm(os.urandom(1_000_000), "/DSM/q-a.mp4\0"),
+        dsm(os.urandom(1_000_000), "/DSM/q-b.mp4\0"),
+    )
+    try:
+        process.start()
+        began = time.monotonic()
+        async with Sender(kafka) as sender:
+            origin_a, origin_b = await sender.start(a), await sender.start(b)
+            await sender.chunks(a, origin_a, 0, 700_416)
+            await sender.chunks(b, origin_b, 0, 700_416)
+            await sender.chunks(a, origin_a, 700_416)
+            await sender.chunks(b, origin_b, 700_416)
+            await sender.end(a, origin_a)
+            await sender.end(b, origin_b)
+        events = await file_events(
+            kafka, lambda ev: sum(isinstance(e, FileStored) for e in ev) >= 2, within=60
+        )
+        took = time.monotonic() - began
+        stored = {e.transfer_id: e for e in events if isinstance(e, FileStored)}
+        for f in (a, b):
+            assert read_object(s3.client(), s3.bucket, stored[f.tid].key) == f.data
+        assert process.logged("spool_full_set_aside")
+        assert process.terminate() == 0
+    finally:
+        process.kill()
+    _figure(
+        "spool quota",
+        quota=1_500_000,
+        interleaved=2_000_000,
+        set_aside=len(process.logged("spool_full_set_aside")),
+        pauses=len(process.logged("spool_full")),
+        rewinds=len(process.logged("rewind")),
+        both_stored_after_s=round(took, 1),
+    )
