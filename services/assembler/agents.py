@@ -203,11 +203,7 @@ class Assembler:
         async def expire() -> None:
             self.expire()
 
-        async def watch_s3() -> None:
-            self.check_s3()
-
         self.app.timer(interval, name="assembler.expire")(expire)
-        self.app.timer(1.0, name="assembler.watch_s3")(watch_s3)
         # cast: mypy rejects any handler against mode's SignalHandlerT (VarArg + NamedArg).
         self.app.on_partitions_assigned.connect(cast(Any, self._on_assigned))
 

@@ -129,22 +129,24 @@ async def serve(settings: AssemblerSettings, stop: asyncio.Event) -> int:
     watch = S3Watch(settings.s3_slow_seconds, observe=_s3_observer(settings.s3_slow_seconds))
     install(watch)  # health.s3_ready() now reports on this process's S3
     store = ObjectStore(settings, watch)
+    app = create_app(settings, spool / "faust")
+    assembler = Assembler(
+        app,
+        settings,
+        store,
+        Reassembler(
+            spool / "files",
+            remember=settings.remember_transfers,
+            max_file_bytes=settings.max_file_bytes,
+        ),
+        Rewinder(settings),
+        watch,
+    )
+    # S3 calls are watched from the start (the bucket check too), not only once faust runs.
+    watching = asyncio.create_task(_watch_s3(assembler, stop), name="watch S3")
     try:
         if not await _ensure_bucket(store, stop, settings.s3_retry_max):
             return 0
-        app = create_app(settings, spool / "faust")
-        assembler = Assembler(
-            app,
-            settings,
-            store,
-            Reassembler(
-                spool / "files",
-                remember=settings.remember_transfers,
-                max_file_bytes=settings.max_file_bytes,
-            ),
-            Rewinder(settings),
-            watch,
-        )
         assembler.attach()
         _log.info(
             "assembler_starting",
@@ -174,4 +176,13 @@ async def serve(settings: AssemblerSettings, stop: asyncio.Event) -> int:
         _log.info("assembler_stopped", status=status)
         return status
     finally:
+        watching.cancel()
         shutil.rmtree(spool, ignore_errors=True)
+
+
+async def _watch_s3(assembler: Assembler, stop: asyncio.Event) -> None:
+    """Every second: log S3 calls in flight for too long, and readiness changes."""
+    while not stop.is_set():
+        assembler.check_s3()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)

@@ -7,7 +7,11 @@ end offsets. The assembler commits an ``end`` record only after its file is in S
 announced, so a chunk-topic lag of 0 means every file Kafka holds is stored.
 
 Tansu 0.6 answers ListGroups and a consumer's OffsetFetch, but not the admin client's
-OffsetFetch, so committed offsets are read with one group-bound consumer per group.
+OffsetFetch, so committed offsets are read with one group-bound consumer per group. Its
+ListOffsets sometimes names the last record instead of the offset after it (measured: a
+partition holding offsets 0-2 reported end 2 while the assembler had committed 3), which
+would hide one unprocessed record per partition; so the end is also probed by fetching from
+the reported end: any record there moves it.
 """
 
 from __future__ import annotations
@@ -101,6 +105,32 @@ class LagReader:
                 found.append(TopicPartition(topic, partition))
         return found
 
+    async def _end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The offset after each partition's last record (see the module docstring)."""
+        assert self._plain is not None
+        end: dict[TopicPartition, int] = dict(await self._plain.end_offsets(tps))
+        probe = AIOKafkaConsumer(  # a fresh one: no position or buffer left from last time
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=8 * 1024 * 1024,  # the largest record fleetgate writes
+            fetch_max_bytes=16 * 1024 * 1024,
+        )
+        await probe.start()
+        try:
+            probe.assign(tps)
+            for tp in tps:
+                probe.seek(tp, end[tp])
+            while True:
+                batch = await probe.getmany(*tps, timeout_ms=100)
+                if not any(batch.values()):
+                    return end
+                for tp, records in batch.items():
+                    if records:
+                        end[tp] = max(end[tp], records[-1].offset + 1)
+        finally:
+            await probe.stop()
+
     async def lags(self) -> list[GroupLag]:
         """The assembler's lag, then each connector group's."""
         assert self._admin is not None and self._plain is not None
@@ -124,6 +154,6 @@ class LagReader:
             consumer = await self._consumer(group)
             committed = {tp: await consumer.committed(tp) for tp in tps}
             beginning = await self._plain.beginning_offsets(tps)
-            end = await self._plain.end_offsets(tps)
+            end = await self._end_offsets(tps)
             out.append(GroupLag(group, lag_of(committed, beginning, end)))
         return out

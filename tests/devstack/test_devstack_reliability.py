@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import time
+import urllib.request
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -126,4 +128,62 @@ async def test_sigterm_mid_upload_stores_every_confirmed_file(tmp_path: Path) ->
         confirmed_total=len(expected),
         stored=len(objects),
         stop_seconds=round(stop_seconds, 1),
+    )
+
+
+def _metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    assert match is not None, f"no {name} in /metrics"
+    return float(match.group(1))
+
+
+async def test_a_frozen_s3_shows_within_seconds_and_a_stop_says_what_is_left(
+    tmp_path: Path,
+) -> None:
+    with devstack(tmp_path, metrics=True, s3_slow_seconds="2", stop_drain_seconds="3") as stack:
+        server = stack.s3.popen
+        assert server is not None
+        port = stack.metrics_port
+
+        def photos(seed: int) -> SimulationConfig:
+            content = ContentSpec(photos=1, videos=0, photo_size=50_000)
+            return SimulationConfig(port=stack.camera_port, devices=2, content=content, seed=seed)
+
+        await until(lambda: stack.said('"event": "assembler_started"') > 0, 60, "the assembler")
+        server.send_signal(signal.SIGSTOP)  # it accepts connections and answers nothing
+        frozen = time.monotonic()
+        first = photos(24)
+        report = await Fleet(first).run()
+        assert report.ok, report.summary()  # ingestion goes on into Kafka
+        await until(lambda: stack.said('"event": "s3_slow"') > 0, 20, "the s3_slow log line")
+        logged = time.monotonic() - frozen
+        age = _metric(port, "fleetgate_assembler_s3_oldest_request_seconds")
+        assert age >= 2 and _metric(port, "fleetgate_assembler_s3_ready") == 0
+        server.send_signal(signal.SIGCONT)
+        resumed = time.monotonic()
+        expected = accepted_files(first, report)
+        await until(lambda: len(stack.objects()) == len(expected), 60, "the photos in S3")
+        stored = time.monotonic() - resumed
+        assert sorted(stack.objects().values()) == sorted(expected)
+        await until(
+            lambda: _metric(port, "fleetgate_assembler_s3_ready") == 1, 10, "S3 ready again"
+        )
+
+        server.send_signal(signal.SIGSTOP)  # frozen again, and the stack is stopped
+        report = await Fleet(photos(25)).run()
+        assert report.ok, report.summary()
+        stack.process.send_signal(signal.SIGTERM)
+        await until(lambda: stack.process.poll() is not None, 90, "the devstack to exit")
+        assert stack.process.returncode == 0
+        assert stack.said("devstack: stopping with work left: assembler ") == 1
+        assert stack.said("it is lost with the in-memory broker") == 1
+        server.send_signal(signal.SIGCONT)
+    figure(
+        "devstack S3 frozen (SIGSTOP)",
+        slow_threshold_s=2,
+        freeze_to_s3_slow_log_s=round(logged, 2),
+        oldest_request_age_s=round(age, 2),
+        sigcont_to_stored_s=round(stored, 2),
     )
