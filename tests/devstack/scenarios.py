@@ -18,6 +18,9 @@ from pathlib import Path
 from simulator import ContentSpec, Faults, Fleet, SimulationConfig
 from tests.devstack.devstack_helpers import accepted_files, devstack
 
+#: What 20 links of 200 kB/s carry in 5 s: "5 s into the upload".
+_FIVE_SECONDS = 20 * 200_000 * 5
+
 
 async def _until(condition: Callable[[], bool], within: float) -> None:
     deadline = time.monotonic() + within
@@ -44,8 +47,9 @@ def _config(port: int, seed: int, reconnects: int) -> SimulationConfig:
 async def kill(workdir: Path, service: str) -> str:
     with devstack(workdir) as stack:
         config = _config(stack.camera_port, 31, 100)
-        run = asyncio.create_task(Fleet(config).run())
-        await asyncio.sleep(5)
+        fleet = Fleet(config)
+        run = asyncio.create_task(fleet.run())
+        await _until(lambda: fleet.progress().bytes_sent >= _FIVE_SECONDS, 60)
         os.kill(stack.child(service), signal.SIGKILL)
         killed = time.monotonic()
         report = await run
@@ -63,8 +67,9 @@ async def kill(workdir: Path, service: str) -> str:
 async def ctrl_c(workdir: Path) -> str:
     with devstack(workdir) as stack:
         config = _config(stack.camera_port, 32, 2)
-        run = asyncio.create_task(Fleet(config).run())
-        await asyncio.sleep(5)
+        fleet = Fleet(config)
+        run = asyncio.create_task(fleet.run())
+        await _until(lambda: fleet.progress().bytes_sent >= _FIVE_SECONDS, 60)
         stack.process.send_signal(signal.SIGINT)
         stopped = time.monotonic()
         report = await run
