@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-__all__ = ["S3Watch", "SlowRequest", "install", "s3_ready"]
+__all__ = ["S3Watch", "SlowRequest", "install", "s3_not_ready_reason", "s3_ready"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,3 +114,8 @@ def install(watch: S3Watch) -> None:
 def s3_ready() -> bool:
     """Readiness of the running assembler's S3 (True before it has one)."""
     return _current is None or _current.ready()
+
+
+def s3_not_ready_reason() -> str:
+    """Why :func:`s3_ready` is False ("" when it is True), for a readiness endpoint's body."""
+    return "" if _current is None else _current.reason()

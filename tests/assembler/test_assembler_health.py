@@ -77,7 +77,8 @@ def test_s3_ready_reports_on_the_installed_watch(monkeypatch: pytest.MonkeyPatch
     watch = S3Watch(1.0, clock=clock)
     health.install(watch)
     with watch.request("put"):
-        assert health.s3_ready()
+        assert health.s3_ready() and health.s3_not_ready_reason() == ""
         clock.now += 1
         assert not health.s3_ready()
+        assert health.s3_not_ready_reason() == "an S3 request has been in flight for 1.0 s"
     assert health.s3_ready()
