@@ -24,12 +24,23 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP, EventT, StreamT
 
-from contracts import FileFailed, FileStored, Topic, encode
+from contracts import FileFailed, FileStored, RecordKind, Topic, encode
 from contracts.models import TransferStart
 
 from . import keys, metrics
+from .health import S3Watch
 from .settings import AssemblerSettings
-from .state import Completed, Failed, Outcome, Reassembler, Record, RecordError, Rewind, Skipped
+from .state import (
+    Completed,
+    Failed,
+    Outcome,
+    Reassembler,
+    Record,
+    RecordError,
+    Rewind,
+    Skipped,
+    end_size,
+)
 from .storage import ObjectStore
 
 __all__ = ["Assembler", "InOrderAcks", "Rewinder"]
@@ -146,22 +157,30 @@ class Assembler:
         store: ObjectStore,
         reassembler: Reassembler,
         rewinder: Rewinder,
+        watch: S3Watch | None = None,
     ) -> None:
         self.app = app
         self.settings = settings
         self.store = store
         self.reassembler = reassembler
         self.rewinder = rewinder
+        #: S3 requests in flight (the store's, when it has one).
+        self.watch = watch or S3Watch(settings.s3_slow_seconds)
+        self._s3_was_ready = True
         #: The transfer the agent is working on (never expired or dropped under its feet).
         self.busy: str | None = None
         self._slots = asyncio.Semaphore(settings.s3_concurrency)
         self._uploads: set[asyncio.Task[None]] = set()
         self._closing = asyncio.Event()
+        #: Transfers set aside because the spool was full (insertion order; for logging).
+        self._aside: dict[str, None] = {}
         metrics.uploads_in_progress.set_function(lambda: len(self._uploads))
         metrics.transfers_in_progress.set_function(lambda: len(self.reassembler))
-        metrics.spool_bytes.set_function(
-            lambda: sum(t.expected for t in self.reassembler.transfers.values())
-        )
+        metrics.spool_bytes.set_function(lambda: self.reassembler.spool_bytes)
+        metrics.spool_quota_bytes.set(settings.spool_quota_bytes)
+        metrics.s3_oldest_request_seconds.set_function(self.watch.oldest_age)
+        metrics.s3_requests_in_flight.set_function(self.watch.in_flight)
+        metrics.s3_ready.set_function(lambda: 1.0 if self.watch.ready() else 0.0)
 
     # Wiring -----------------------------------------------------------------------------
 
@@ -179,7 +198,7 @@ class Assembler:
 
         self.app.agent(topic, name="assembler.reassemble")(reassemble)
 
-        interval = max(1.0, min(60.0, self.settings.transfer_idle_timeout_seconds / 4))
+        interval = max(1.0, min(30.0, self.settings.transfer_idle_seconds / 4))
 
         async def expire() -> None:
             self.expire()
@@ -201,9 +220,31 @@ class Assembler:
         busy = self.reassembler.transfers.get(self.busy or "")
         return set() if busy is None else {busy.partition}
 
+    def check_s3(self, now: float | None = None) -> None:
+        """Log S3 requests that have been in flight for ``s3_slow_seconds`` (once each), and
+        changes of readiness."""
+        watch = self.watch
+        now = watch.clock() if now is None else now
+        for slow in watch.newly_slow(now):
+            metrics.s3_slow_requests.inc()
+            _log.warning(
+                "s3_slow",
+                operation=slow.operation,
+                in_flight_seconds=round(slow.age, 1),
+                threshold_seconds=watch.slow_seconds,
+                requests_in_flight=watch.in_flight(),
+            )
+        ready = watch.ready(now)
+        if ready != self._s3_was_ready:
+            self._s3_was_ready = ready
+            if ready:
+                _log.info("s3_ready")
+            else:
+                _log.warning("s3_not_ready", reason=watch.reason(now))
+
     def expire(self) -> None:
         now = time.monotonic()
-        idle = self.settings.transfer_idle_timeout_seconds
+        idle = self.settings.transfer_idle_seconds
         for transfer in self.reassembler.expire(idle, now, keep=self.busy):
             metrics.expired.inc()
             _log.info(
@@ -272,6 +313,13 @@ class Assembler:
             outcome = self.reassembler.malformed(tid, str(exc), message.partition, message.offset)
             return await self._conclude(outcome, ack)
         metrics.records.labels(record.kind.value).inc()
+        if record.kind is RecordKind.CHUNK and self._growth(record):
+            self._set_aside(record)
+            return False
+        if record.kind is RecordKind.END:
+            await self._room_for(record)
+        if self._aside.pop(record.transfer_id, None) is not None:
+            _log.info("transfer_resumed_from_kafka", transfer=record.transfer_id)
         self.busy = record.transfer_id
         try:
             outcome = self.reassembler.feed(record)
@@ -280,6 +328,73 @@ class Assembler:
             return await self._conclude(outcome, ack)
         finally:
             self.busy = None
+
+    def _growth(self, record: Record) -> int:
+        """Bytes ``record`` would add to the spool, if it would pass the quota while other
+        transfers hold bytes (they free them by finishing or expiring); else 0."""
+        transfer = self.reassembler.transfers.get(record.transfer_id)
+        own = 0 if transfer is None else transfer.expected
+        if record.kind is RecordKind.CHUNK:
+            reaches = record.file_offset + len(record.value)
+        else:  # an end record rewinds the whole file if its state is gone
+            reaches = end_size(record) if transfer is None else 0
+        grows = max(0, reaches - own)
+        held = self.reassembler.spool_bytes
+        if grows and held + grows > self.settings.spool_quota_bytes and held > own:
+            return grows
+        return 0
+
+    def _set_aside(self, record: Record) -> None:
+        """A chunk that would pass the spool quota while other transfers hold bytes: free this
+        transfer's spool and skip the record (Kafka keeps it). Its next record that fits
+        rewinds to its ``start`` record and rebuilds it, so transfers interleaved on the
+        stream finish one after the other instead of starving each other."""
+        tid = record.transfer_id
+        released = self.reassembler.release(tid)
+        metrics.spool_set_aside.inc()
+        if tid not in self._aside:
+            self._aside[tid] = None
+            while len(self._aside) > 10_000:  # only for logging: forget the oldest
+                self._aside.pop(next(iter(self._aside)))
+            _log.warning(
+                "spool_full_set_aside",
+                transfer=tid,
+                freed=released,
+                held=self.reassembler.spool_bytes,
+                quota=self.settings.spool_quota_bytes,
+                transfers=len(self.reassembler),
+            )
+
+    async def _room_for(self, record: Record) -> None:
+        """Stop consuming (this agent takes no record, so faust's buffer fills and fetching
+        pauses) while an ``end`` record would rebuild a file past the spool quota. Room comes
+        from uploads ending and from idle transfers expiring (their records stay in Kafka: a
+        later record rewinds); a transfer alone in the spool is never held back."""
+        if not self._growth(record):
+            return
+        metrics.spool_full.inc()
+        metrics.spool_paused.set(1)
+        began = time.monotonic()
+        _log.warning(
+            "spool_full",
+            transfer=record.transfer_id,
+            held=self.reassembler.spool_bytes,
+            needs=self._growth(record),
+            quota=self.settings.spool_quota_bytes,
+            transfers=len(self.reassembler),
+        )
+        try:
+            while self._growth(record):
+                self.expire()
+                await asyncio.sleep(0.1)
+        finally:
+            metrics.spool_paused.set(0)
+        _log.info(
+            "spool_room",
+            transfer=record.transfer_id,
+            waited_seconds=round(time.monotonic() - began, 2),
+            held=self.reassembler.spool_bytes,
+        )
 
     async def _rewind(self, record: Record, origin: int) -> Outcome:
         metrics.rewinds.inc()

@@ -13,12 +13,15 @@ import asyncio
 import contextlib
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import faust
 import structlog
 
+from . import metrics
 from .agents import Assembler, Rewinder
+from .health import S3Watch, install
 from .settings import AssemblerSettings
 from .state import Reassembler
 from .storage import ObjectStore
@@ -52,6 +55,16 @@ def create_app(settings: AssemblerSettings, datadir: Path) -> faust.App:
         stream_buffer_maxsize=settings.stream_buffer,
         web_enabled=False,
     )
+
+
+def _s3_observer(slow_seconds: float) -> Callable[[str, float], None]:
+    def observe(operation: str, seconds: float) -> None:
+        """Each S3 call as it ends (in the thread that made it)."""
+        metrics.s3_request_seconds.labels(operation).observe(seconds)
+        if seconds >= slow_seconds:
+            _log.warning("s3_slow_done", operation=operation, seconds=round(seconds, 2))
+
+    return observe
 
 
 def prepare_spool(root: Path) -> Path:
@@ -113,18 +126,27 @@ async def _start(app: faust.App, stop: asyncio.Event) -> bool:
 async def serve(settings: AssemblerSettings, stop: asyncio.Event) -> int:
     """Run until ``stop`` is set (exit status 0), or faust fails to start or crashes (1)."""
     spool = prepare_spool(settings.spool_dir)
-    store = ObjectStore(settings)
+    watch = S3Watch(settings.s3_slow_seconds, observe=_s3_observer(settings.s3_slow_seconds))
+    install(watch)  # health.s3_ready() now reports on this process's S3
+    store = ObjectStore(settings, watch)
+    app = create_app(settings, spool / "faust")
+    assembler = Assembler(
+        app,
+        settings,
+        store,
+        Reassembler(
+            spool / "files",
+            remember=settings.remember_transfers,
+            max_file_bytes=settings.max_file_bytes,
+        ),
+        Rewinder(settings),
+        watch,
+    )
+    # S3 calls are watched from the start (the bucket check too), not only once faust runs.
+    watching = asyncio.create_task(_watch_s3(assembler, stop), name="watch S3")
     try:
         if not await _ensure_bucket(store, stop, settings.s3_retry_max_seconds):
             return 0
-        app = create_app(settings, spool / "faust")
-        assembler = Assembler(
-            app,
-            settings,
-            store,
-            Reassembler(spool / "files", remember=settings.remember_transfers),
-            Rewinder(settings),
-        )
         assembler.attach()
         _log.info(
             "assembler_starting",
@@ -154,4 +176,13 @@ async def serve(settings: AssemblerSettings, stop: asyncio.Event) -> int:
         _log.info("assembler_stopped", status=status)
         return status
     finally:
+        watching.cancel()
         shutil.rmtree(spool, ignore_errors=True)
+
+
+async def _watch_s3(assembler: Assembler, stop: asyncio.Event) -> None:
+    """Every second: log S3 calls in flight for too long, and readiness changes."""
+    while not stop.is_set():
+        assembler.check_s3()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)

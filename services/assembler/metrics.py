@@ -41,7 +41,7 @@ device_crc_mismatches = Counter(
 )
 expired = Counter(
     "fleetgate_assembler_expired_transfers_total",
-    "Transfers dropped after transfer_idle_timeout_seconds without a record",
+    "Transfers whose spool was freed after transfer_idle_seconds without a record",
 )
 s3_upload_seconds = Histogram(
     "fleetgate_assembler_s3_upload_seconds",
@@ -66,6 +66,42 @@ transfers_in_progress = Gauge(
 spool_bytes = Gauge(
     "fleetgate_assembler_spool_bytes", "Bytes of unfinished files held in the spool directory"
 )
+spool_quota_bytes = Gauge(
+    "fleetgate_assembler_spool_quota_bytes", "Bytes the spool may hold (spool_quota_bytes)"
+)
+spool_paused = Gauge(
+    "fleetgate_assembler_spool_paused",
+    "1 while consumption waits for room in the spool (quota reached)",
+)
+spool_full = Counter(
+    "fleetgate_assembler_spool_full_total",
+    "Times consumption paused because an end record would rebuild a file past the spool quota",
+)
+spool_set_aside = Counter(
+    "fleetgate_assembler_spool_set_aside_total",
+    "Chunk records skipped (their transfer's spool freed, read again from Kafka later) because "
+    "they would pass the spool quota",
+)
+S3_OPERATIONS = ("stat", "put", "bucket")
+s3_request_seconds = Histogram(
+    "fleetgate_assembler_s3_request_seconds",
+    "Duration of one S3 call (a put of a large file is one call of several requests)",
+    ["operation"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+s3_oldest_request_seconds = Gauge(
+    "fleetgate_assembler_s3_oldest_request_seconds",
+    "Age of the oldest S3 call in flight (0: none); grows within seconds when S3 hangs",
+)
+s3_requests_in_flight = Gauge("fleetgate_assembler_s3_requests_in_flight", "S3 calls in flight")
+s3_slow_requests = Counter(
+    "fleetgate_assembler_s3_slow_requests_total",
+    "S3 calls still in flight after s3_slow_seconds (each counted once)",
+)
+s3_ready = Gauge(
+    "fleetgate_assembler_s3_ready",
+    "1 when S3 answers (no call in flight for s3_slow_seconds, the last call did not fail)",
+)
 
 for _result in RESULTS:
     files.labels(_result)
@@ -73,3 +109,5 @@ for _category in FAILURE_CATEGORIES:
     failures.labels(_category)
 for _kind in RECORD_KINDS:
     records.labels(_kind)
+for _operation in S3_OPERATIONS:
+    s3_request_seconds.labels(_operation)

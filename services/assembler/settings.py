@@ -12,6 +12,18 @@ from runtime import S3Settings
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's smallest multipart part (but the last)
 
 
+#: Defaults of ``max_file_bytes``: a DualCam video is 20 s of 720p H.265, about 6 MB (photos
+#: about 50 KB); DSM/ADAS clips are of the same order. 64 MiB leaves a wide margin for longer
+#: clips and higher bit rates while bounding what one device can make the spool hold.
+DEFAULT_MAX_FILE_BYTES: dict[str, int] = {
+    "dualcam": 64 * 1024**2,
+    "dsm": 64 * 1024**2,
+    "adas": 64 * 1024**2,
+    "dashcam": 256 * 1024**2,
+    "unknown": 64 * 1024**2,
+}
+
+
 def _default_spool() -> Path:
     return Path(tempfile.gettempdir()) / "fleetgate-assembler"
 
@@ -36,10 +48,31 @@ class AssemblerSettings(S3Settings):
         description="local directory for files being assembled (one file per transfer)",
     )
     app_id: str = Field("fleetgate-assembler", description="faust app id: the Kafka consumer group")
-    transfer_idle_timeout_seconds: float = Field(
-        3600.0,
+    transfer_idle_seconds: float = Field(
+        120.0,
+        ge=0,
         description="seconds a transfer in progress may see no record before its spool is "
-        "dropped (a later record reads it again from Kafka)",
+        "freed (a device that comes back later resumes: its records are read again from "
+        "Kafka, from the start record its fg-origin header names)",
+    )
+    spool_quota_bytes: int = Field(
+        2 * 1024**3,
+        gt=0,
+        description="bytes the spool may hold across transfers; a chunk that would pass it "
+        "sets its transfer aside (spool freed, its records read again from Kafka once there "
+        "is room), an end record that would waits (consumption stops) until uploads or idle "
+        "expiry free room; nothing is dropped; a transfer alone in the spool always proceeds",
+    )
+    max_file_bytes: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_MAX_FILE_BYTES),
+        description="largest file per camera kind (dualcam, dsm, adas, dashcam, unknown); a "
+        "START announcing more fails the transfer (file.failed, category size). JSON object",
+    )
+    s3_slow_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="an S3 request in flight longer than this is logged (s3_slow) and makes "
+        "S3 not ready",
     )
     remember_transfers: int = Field(
         100_000, description="finished transfer ids remembered to ignore their late records"

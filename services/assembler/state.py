@@ -29,14 +29,14 @@ import hashlib
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from camproto import crc16, packet_count
+from camproto import DATA_CHUNK, crc16, packet_count
 from contracts import ChunkHeaderError, ChunkMeta, RecordKind, TransferEnd, TransferStart, decode
 from contracts.chunks import Headers
 
@@ -55,6 +55,8 @@ __all__ = [
     "Rewind",
     "Skipped",
     "Transfer",
+    "announced_bytes",
+    "end_size",
 ]
 
 #: ``Failed.category`` values (a metric label: keep this set small and fixed).
@@ -194,10 +196,19 @@ class _Bounded:
 class Reassembler:
     """Every transfer this instance is assembling, plus those recently finished or failed."""
 
-    def __init__(self, spool: Path, *, remember: int = 100_000) -> None:
+    def __init__(
+        self,
+        spool: Path,
+        *,
+        remember: int = 100_000,
+        max_file_bytes: Mapping[str, int] | None = None,
+    ) -> None:
         self.spool = spool
         self.spool.mkdir(parents=True, exist_ok=True)
         self.transfers: dict[str, Transfer] = {}
+        #: Largest file accepted per camera kind (``FileInfo.camera``); a kind not listed has
+        #: no limit but the size START announces.
+        self.max_file_bytes: Mapping[str, int] = dict(max_file_bytes or {})
         self._done = _Bounded(remember)
         self._failed = _Bounded(remember)
 
@@ -206,6 +217,11 @@ class Reassembler:
 
     def is_done(self, transfer_id: str) -> bool:
         return transfer_id in self._done
+
+    @property
+    def spool_bytes(self) -> int:
+        """Bytes held in spool files, over every transfer (completing ones included)."""
+        return sum(t.expected for t in self.transfers.values())
 
     # Records ----------------------------------------------------------------------------
 
@@ -268,6 +284,14 @@ class Reassembler:
         transfer = Transfer(
             start=start, path=path, partition=record.partition, origin=record.offset
         )
+        limit = self.max_file_bytes.get(start.file.camera)
+        announced = announced_bytes(start)
+        if limit is not None and announced is not None and announced > limit:
+            reason = (
+                f"START announces {announced} bytes, over the {limit} bytes allowed for a "
+                f"{start.file.camera} file (max_file_bytes)"
+            )
+            return self._fail(transfer, "size", reason, *_where(record))
         try:
             path.unlink(missing_ok=True)
             path.touch()
@@ -279,6 +303,10 @@ class Reassembler:
     def _on_chunk(self, transfer: Transfer, record: Record, rewinding: bool) -> Outcome:
         begin, data = record.file_offset, record.value
         end = begin + len(data)
+        bound = announced_bytes(transfer.start)
+        if bound is not None and end > bound:
+            reason = f"a chunk reaches byte {end}, past the {bound} bytes START announced"
+            return self._fail(transfer, "size", reason, *_where(record))
         if end <= transfer.expected:
             transfer.duplicates += 1
             return Skipped("duplicate")
@@ -402,6 +430,15 @@ class Reassembler:
             self._drop(transfer)
         return stale
 
+    def release(self, transfer_id: str) -> int:
+        """Free the spool of a transfer in progress (not one being stored); its next record
+        rewinds. Returns the bytes freed."""
+        transfer = self.transfers.get(transfer_id)
+        if transfer is None or transfer.completing:
+            return 0
+        self._drop(transfer)
+        return transfer.expected
+
     def drop_partitions(self, partitions: Iterable[int]) -> list[Transfer]:
         """Drop the transfers of partitions this instance no longer consumes."""
         gone = set(partitions)
@@ -413,6 +450,25 @@ class Reassembler:
     def close(self) -> None:
         for transfer in list(self.transfers.values()):
             self._drop(transfer)
+
+
+def announced_bytes(start: TransferStart) -> int | None:
+    """The most bytes the file START announced can have (DualCam: whole packets)."""
+    if start.size is not None:
+        return start.size
+    if start.packets is not None:
+        return start.packets * DATA_CHUNK
+    return None
+
+
+def end_size(record: Record) -> int:
+    """The file size an end record states (0 if it cannot be read: the record then fails
+    the transfer when fed)."""
+    try:
+        end = decode(TransferEnd, record.value)
+    except ValidationError:
+        return 0
+    return int(end.size)
 
 
 def _spool_name(transfer_id: str) -> str:

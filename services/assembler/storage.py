@@ -17,6 +17,7 @@ import urllib3
 from minio import Minio
 from minio.error import S3Error
 
+from .health import S3Watch
 from .settings import AssemblerSettings
 
 __all__ = ["ObjectStore", "StoreResult"]
@@ -32,7 +33,9 @@ class StoreResult:
 
 
 class ObjectStore:
-    def __init__(self, settings: AssemblerSettings) -> None:
+    def __init__(self, settings: AssemblerSettings, watch: S3Watch | None = None) -> None:
+        #: Times every request while it runs (see :mod:`assembler.health`).
+        self.watch = watch or S3Watch(settings.s3_slow_seconds)
         self.bucket = settings.s3_bucket
         self.part_size = settings.s3_part_size
         timeout = settings.s3_timeout_seconds
@@ -60,15 +63,16 @@ class ObjectStore:
         return await asyncio.to_thread(self._ensure_bucket)
 
     def _ensure_bucket(self) -> bool:
-        if self.client.bucket_exists(self.bucket):
-            return False
-        try:
-            self.client.make_bucket(self.bucket)
-        except S3Error as exc:  # another instance made it meanwhile
-            if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                raise
-            return False
-        return True
+        with self.watch.request("bucket"):
+            if self.client.bucket_exists(self.bucket):
+                return False
+            try:
+                self.client.make_bucket(self.bucket)
+            except S3Error as exc:  # another instance made it meanwhile
+                if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+                return False
+            return True
 
     async def store(
         self, path: Path, key: str, content_type: str, metadata: dict[str, str], sha256: str
@@ -89,27 +93,29 @@ class ObjectStore:
             if existing == sha256:
                 return StoreResult(candidate, uploaded=False)
             if existing is None:
-                self.client.fput_object(
-                    self.bucket,
-                    candidate,
-                    str(path),
-                    content_type=content_type,
-                    metadata=dict(metadata),
-                    part_size=self.part_size,
-                    num_parallel_uploads=_PARALLEL_PARTS,
-                )
+                with self.watch.request("put"):
+                    self.client.fput_object(
+                        self.bucket,
+                        candidate,
+                        str(path),
+                        content_type=content_type,
+                        metadata=dict(metadata),
+                        part_size=self.part_size,
+                        num_parallel_uploads=_PARALLEL_PARTS,
+                    )
                 return StoreResult(candidate, uploaded=True)
         raise RuntimeError(f"{key} and its variant both hold other content")
 
     def _sha256_of(self, key: str) -> str | None:
         """The sha256 metadata of the object under ``key``; None if there is none;
         "" if it exists without one."""
-        try:
-            stat = self.client.stat_object(self.bucket, key)
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
-                return None
-            raise
+        with self.watch.request("stat"):  # "no such key" is an answer, not a failure
+            try:
+                stat = self.client.stat_object(self.bucket, key)
+            except S3Error as exc:
+                if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                    return None
+                raise
         headers = stat.metadata or {}
         for name, value in headers.items():
             if name.lower() == "x-amz-meta-sha256":

@@ -3,20 +3,29 @@
 It starts a Tansu broker and an s3rver (unless ``FLEETGATE_KAFKA_BOOTSTRAP`` /
 ``FLEETGATE_S3_ENDPOINT`` point at real ones), creates the topics and the bucket, then runs
 ingestor, assembler and connector as child processes, each the same ``fleetgate <service>``
-that runs in production. Without ``FLEETGATE_CONNECTOR_CONFIG`` it also starts a webhook
-sink that writes what it receives to ``<data dir>/webhooks.jsonl``.
+that runs in production. A service that exits is restarted with backoff (the rest keeps
+running). A stop (Ctrl-C, SIGTERM) stops the ingestor first (it drains: only durable bytes are
+confirmed), waits for the assembler and connector to catch up with Kafka (consumer lag 0, up
+to ``stop_drain_seconds``), stops them, and stops the broker last. Without
+``FLEETGATE_CONNECTOR_CONFIG`` it also starts a webhook sink that writes what it receives to
+``<data dir>/webhooks.jsonl``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+from aiokafka.errors import KafkaError
 from minio import Minio
 from pydantic import Field
 
@@ -33,6 +42,8 @@ from .infra import (
     start_tansu,
     wait_kafka,
 )
+from .lag import LagReader, describe
+from .supervisor import Backoff, Supervised
 
 
 class DevstackSettings(CommonSettings):
@@ -54,24 +65,82 @@ class DevstackSettings(CommonSettings):
     metrics_base_port: int = Field(
         9101, description="ingestor /metrics here, assembler +1, connector +2; 0: off"
     )
+    restart_initial_seconds: float = Field(
+        0.5, gt=0, description="pause before restarting a service that exited (doubles)"
+    )
+    restart_max_seconds: float = Field(30.0, gt=0, description="longest pause before a restart")
+    ingestor_stop_seconds: float = Field(
+        40.0,
+        gt=0,
+        description="on stop, seconds the ingestor has to drain (its drain and close "
+        "timeouts) before it is killed",
+    )
+    stop_drain_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="on stop, seconds the assembler and connector get to finish what Kafka "
+        "holds once the ingestor is gone (what is left is printed)",
+    )
 
 
 SERVICES = ("ingestor", "assembler", "connector")
+
+#: What the banner says the in-memory broker forgets (the README says the same).
+MEMORY_BROKER_NOTE = (
+    "what Kafka holds is gone when the stack stops or the broker dies: files confirmed to "
+    "devices but not yet stored, webhooks not yet delivered, transfer progress (a stop waits "
+    "for the assembler and connector to finish first). Nothing is evicted meanwhile: Tansu's "
+    "memory engine applies no retention, memory grows with every byte uploaded until the "
+    "stack stops. FLEETGATE_BROKER_STORAGE=s3 keeps the records across restarts."
+)
 
 
 def _fleetgate(*args: str) -> list[str]:
     return [sys.executable, "-m", "fleetgate", *args]
 
 
+def _say(message: str) -> None:
+    print(f"devstack: {message}", file=sys.stderr, flush=True)
+
+
+async def _terminate(process: Process | None, within: float) -> int | None:
+    """SIGTERM, wait up to ``within`` s (the event loop runs meanwhile), then SIGKILL."""
+    popen = None if process is None else process.popen
+    if popen is None:
+        return None
+    if popen.poll() is None:
+        popen.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(popen.wait, within)
+        if popen.poll() is None:
+            assert process is not None
+            _say(f"{process.name} did not stop within {within:g} s; killing it")
+            popen.kill()
+            await asyncio.to_thread(popen.wait)
+    return popen.returncode
+
+
 class Stack:
+    """The infrastructure (started once, stopped last) and the supervised services."""
+
     def __init__(self, settings: DevstackSettings) -> None:
         self.settings = settings
-        self.children: list[Process] = []  # in start order; stopped in reverse
+        #: s3rver and Tansu, in start order: not restarted (the memory broker would come back
+        #: empty); if one dies, the stack stops.
+        self.infra: list[Process] = []
+        #: webhook sink (if any), ingestor, assembler, connector.
+        self.services: dict[str, Supervised] = {}
+        self.bootstrap = ""
+        self.memory_broker = False
+        self.backoff = Backoff(settings.restart_initial_seconds, settings.restart_max_seconds)
 
-    def _spawn(self, name: str, args: list[str], port: int, env: dict[str, str]) -> Process:
-        process = Process(name, args, port, env=env, inherit=True).start()
-        self.children.append(process)
-        return process
+    def _supervise(self, name: str, args: list[str], port: int, env: dict[str, str]) -> Process:
+        def make() -> Process:
+            return Process(name, args, port, env=env, inherit=True).start()
+
+        service = Supervised(name, make, self.backoff)
+        self.services[name] = service
+        return service.start(time.monotonic())
 
     async def start(self) -> dict[str, str]:
         s = self.settings
@@ -82,7 +151,7 @@ class Stack:
             endpoint = s.s3_endpoint
         else:
             s3 = start_s3rver(data / "s3", s.s3_port, log=logs / "s3rver.log")
-            self.children.append(s3)
+            self.infra.append(s3)
             endpoint = f"127.0.0.1:{s3.port}"
         client = Minio(
             endpoint.removeprefix("http://").removeprefix("https://"),
@@ -106,8 +175,10 @@ class Stack:
                 secret_key=s.s3_secret_key,
             )
             broker = start_tansu(s.kafka_port, log=logs / "tansu.log", storage=storage)
-            self.children.append(broker)  # stopped before the S3 server it may write to
+            self.infra.append(broker)  # stopped before the S3 server it may write to
             bootstrap = f"127.0.0.1:{broker.port}"
+            self.memory_broker = s.broker_storage == "memory"
+        self.bootstrap = bootstrap
         await wait_kafka(bootstrap)
         await create_topics(bootstrap)
 
@@ -122,7 +193,7 @@ class Stack:
                 f"    url: http://127.0.0.1:{s.sink_port}/webhooks\n"
                 "    allow_private_network: true  # the sink is on this machine\n"
             )
-            self._spawn(
+            self._supervise(
                 "webhook-sink",
                 _fleetgate("webhook-sink", "--port", str(s.sink_port), "--out", str(sink_out)),
                 s.sink_port,
@@ -148,19 +219,23 @@ class Stack:
         ports = {name: base + i if base else 0 for i, name in enumerate(SERVICES)}
         for name, metrics_port in ports.items():
             listen = s.camera_port if name == "ingestor" else metrics_port
-            self._spawn(
+            self._supervise(
                 name, _fleetgate(name), listen, env | {"FLEETGATE_METRICS_PORT": str(metrics_port)}
             )
-        self.children[-3].wait_port()  # the ingestor's camera port is open: devices can come
+        ingestor = self.services["ingestor"].process
+        assert ingestor is not None
+        ingestor.wait_port()  # the ingestor's camera port is open: devices can come
+        if external_kafka:
+            kafka = bootstrap
+        elif s.broker_storage == "s3":
+            kafka = f"{bootstrap} (embedded Tansu, topics kept in s3://tansu)"
+        else:
+            kafka = f"{bootstrap} (embedded Tansu, in memory)"
+        forgets = {"in memory": MEMORY_BROKER_NOTE} if self.memory_broker else {}
         return {
             "device port": f"{s.camera_port} (TCP, Teltonika camera protocol)",
-            "Kafka": bootstrap
-            + (
-                ""
-                if external_kafka
-                else " (embedded Tansu, "
-                + ("topics kept in s3://tansu)" if s.broker_storage == "s3" else "in memory)")
-            ),
+            "Kafka": kafka,
+            **forgets,
             "files": f"s3://{s.s3_bucket} at http://{endpoint}"
             + ("" if s.s3_endpoint else f" (on disk: {data / 's3' / s.s3_bucket})"),
             "webhooks": str(config)
@@ -169,44 +244,135 @@ class Stack:
             if base
             else "off",
             "logs": str(logs),
+            "crashes": "a service that exits is restarted (backoff "
+            f"{s.restart_initial_seconds:g} s doubling to {s.restart_max_seconds:g} s)",
         }
 
-    def dead_child(self) -> Process | None:
-        for child in self.children:
-            if child.popen is not None and child.popen.poll() is not None:
-                return child
+    def dead_infra(self) -> Process | None:
+        for process in self.infra:
+            if process.popen is not None and process.popen.poll() is not None:
+                return process
         return None
 
-    def stop(self) -> None:
-        for child in reversed(self.children):
-            child.stop(timeout=25 if child.name == "ingestor" else 10)
+    def supervise(self) -> None:
+        now = time.monotonic()
+        for service in self.services.values():
+            service.check(now)
+
+    async def _while(self, condition: Callable[[], bool], within: float) -> bool:
+        """Supervise until ``condition`` holds (True) or ``within`` s pass (False)."""
+        deadline = time.monotonic() + within
+        while not condition():
+            if time.monotonic() >= deadline:
+                return False
+            self.supervise()
+            await asyncio.sleep(0.1)
+        return True
+
+    async def stop(self, hurry: asyncio.Event | None = None) -> None:
+        """Ingestor first (it drains), then wait for the assembler and the connector to finish
+        what Kafka holds, then them, then the sink, the broker and the S3 server."""
+        hurry = hurry or asyncio.Event()
+        s = self.settings
+        ingestor = self.services.get("ingestor")
+        if ingestor is not None:
+            _say("stopping the ingestor (it finishes or cuts transfers in flight) ...")
+            ingestor.stopping = True
+            await self._stop_service(ingestor, s.ingestor_stop_seconds, hurry)
+        if self.bootstrap and not hurry.is_set() and self.dead_infra() is None:
+            await self._drain(s.stop_drain_seconds, hurry)
+        for name in ("assembler", "connector", "webhook-sink"):
+            service = self.services.get(name)
+            if service is not None:
+                service.stopping = True
+                await self._stop_service(service, 15.0, hurry)
+        for process in reversed(self.infra):
+            await _terminate(process, 10.0)
+
+    async def _stop_service(self, service: Supervised, within: float, hurry: asyncio.Event) -> None:
+        process = service.process
+        if process is None or process.popen is None or process.popen.poll() is not None:
+            return
+        process.popen.terminate()
+
+        def done() -> bool:
+            return hurry.is_set() or not service.running
+
+        await self._while(done, within)
+        await _terminate(process, 0.0 if hurry.is_set() else 2.0)
+
+    async def _drain(self, within: float, hurry: asyncio.Event) -> None:
+        """Until every consumer group has caught up with Kafka, or ``within`` s pass."""
+        reader = LagReader(self.bootstrap)
+        try:
+            await reader.start()
+            deadline = time.monotonic() + within
+            said = 0.0
+            while True:
+                lags = await reader.lags()
+                left = [lag for lag in lags if lag.records]
+                if not left:
+                    _say("the assembler and the connector have finished what Kafka holds")
+                    return
+                now = time.monotonic()
+                if hurry.is_set() or now >= deadline:
+                    where = (
+                        "it is lost with the in-memory broker"
+                        if self.memory_broker
+                        else "it stays in Kafka for the next start"
+                    )
+                    _say(f"stopping with work left: {describe(left)}; {where}")
+                    return
+                if now - said >= 2.0:
+                    said = now
+                    _say(
+                        f"waiting up to {deadline - now:.0f} s for {describe(left)} "
+                        "(Ctrl-C again: stop now)"
+                    )
+                await self._while(hurry.is_set, 0.25)
+        except (KafkaError, OSError) as exc:
+            _say(f"cannot read consumer lag ({exc!r}); stopping without waiting")
+        finally:
+            await reader.close()
 
 
 async def run_stack(settings: DevstackSettings) -> int:
     stack = Stack(settings)
     stop = asyncio.Event()
+    hurry = asyncio.Event()  # a second Ctrl-C: stop without waiting
+
+    def on_signal() -> None:
+        if stop.is_set():
+            hurry.set()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
+    status = 0
     try:
         summary = await stack.start()
         width = max(map(len, summary))
         lines = "\n".join(f"  {k:<{width}}  {v}" for k, v in summary.items())
         print(textwrap.dedent("fleetgate is running (Ctrl-C stops it):\n") + lines, flush=True)
         while not stop.is_set():
-            dead = stack.dead_child()
+            dead = stack.dead_infra()
             if dead is not None:
                 assert dead.popen is not None
-                print(f"{dead.name} exited ({dead.popen.returncode}); stopping", file=sys.stderr)
-                return 1
-            try:
-                await asyncio.wait_for(stop.wait(), 0.5)
-            except TimeoutError:
-                continue
-        return 0
+                _say(f"{dead.name} exited ({dead.popen.returncode}); stopping the stack")
+                status = 1
+                break
+            stack.supervise()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.2)
+        return status
     finally:
-        print("stopping ...", file=sys.stderr, flush=True)
-        stack.stop()
+        _say("stopping ...")
+        await stack.stop(hurry)
+        restarts = {n: s.restarts for n, s in stack.services.items() if s.restarts}
+        if restarts:
+            _say("restarts: " + ", ".join(f"{n} {c}" for n, c in restarts.items()))
+        _say("stopped")
 
 
 def main(settings: DevstackSettings) -> int:
@@ -218,4 +384,4 @@ def main(settings: DevstackSettings) -> int:
         return 2
 
 
-__all__ = ["DevstackSettings", "Stack", "free_port", "main", "run_stack"]
+__all__ = ["MEMORY_BROKER_NOTE", "DevstackSettings", "Stack", "free_port", "main", "run_stack"]

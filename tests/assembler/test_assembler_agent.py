@@ -13,9 +13,11 @@ from typing import Any, cast
 
 import faust
 import pytest
+from structlog.testing import capture_logs
 
-from assembler import agents
+from assembler import agents, metrics
 from assembler.agents import Assembler, Rewinder
+from assembler.health import S3Watch
 from assembler.settings import AssemblerSettings
 from assembler.state import Reassembler
 from assembler.storage import ObjectStore, StoreResult
@@ -242,7 +244,7 @@ async def test_rebalance_and_expiry_drop_transfers(tmp_path: Path) -> None:
     assigned = {faust.types.TP(Topic.CHUNKS, 0), faust.types.TP("other", 1)}
     await rig.assembler._on_assigned(None, assigned, signal=None)
     assert set(rig.assembler.reassembler.transfers) == {a.tid}
-    rig.assembler.settings.transfer_idle_timeout_seconds = 0.0
+    rig.assembler.settings.transfer_idle_seconds = 0.0
     rig.assembler.expire()
     assert len(rig.assembler.reassembler) == 0
 
@@ -273,3 +275,115 @@ async def test_acknowledgements_reach_faust_in_record_order() -> None:
     await end_a()
     assert acked == [("p1", 5), ("p0", 10), ("p0", 11)]
     assert acks.pending(cast(Any, "p0")) == 0
+
+
+def _interleaved(log: Log, files: list[CameraFile], record_bytes: int) -> list[SimpleNamespace]:
+    """Each file's start, then their chunk records in turn, then their end records."""
+    starts = [log.add(f.tid, encode(f.start()), ChunkMeta.start(f.tid).headers()) for f in files]
+    out = list(starts)
+    chunks = [chunk_records(f.data, 0, None, record_bytes) for f in files]
+    for i in range(max(map(len, chunks))):
+        for f, start, cs in zip(files, starts, chunks, strict=True):
+            if i < len(cs):
+                out.append(log.add(f.tid, cs[i].value, cs[i].headers(f.tid, start.offset)))
+    for f, start in zip(files, starts, strict=True):
+        end = ChunkMeta.end(f.tid, origin=start.offset).headers()
+        out.append(log.add(f.tid, encode(f.end()), end))
+    return out
+
+
+async def test_a_full_spool_sets_a_transfer_aside_and_loses_nothing(tmp_path: Path) -> None:
+    """Two transfers interleaved would hold 300 KB; the quota is 200 KB. The chunk that would
+    pass it is skipped and its transfer's spool freed (Kafka keeps its records); the other
+    transfer completes; the set-aside one is rebuilt from its start record when its next
+    record fits (its end record waits for the other's upload if need be). Both are stored
+    whole and the spool never holds more than the quota."""
+    rig = _rig(tmp_path)
+    settings = rig.assembler.settings
+    settings.spool_quota_bytes = 200_000
+    a, b = dsm(os.urandom(150_000), "/DSM/a.mp4\0"), dsm(os.urandom(150_000), "/DSM/b.mp4\0")
+    messages = _interleaved(rig.log, [a, b], 64 * 1024)
+    set_aside = metrics.spool_set_aside._value.get()
+    peak = 0
+    with capture_logs() as logs:
+        for message in messages:
+            await asyncio.wait_for(rig.assembler.handle(message), 10)
+            peak = max(peak, rig.assembler.reassembler.spool_bytes)
+        await rig.assembler.flush()
+    assert metrics.spool_set_aside._value.get() > set_aside
+    assert [e["transfer"] for e in logs if e["event"] == "spool_full_set_aside"] == [b.tid]
+    assert metrics.spool_paused._value.get() == 0
+    assert peak <= settings.spool_quota_bytes
+    assert rig.store.stored.keys() == {e.key for e in rig.events if isinstance(e, FileStored)}
+    assert sorted(data for data, _, _ in rig.store.stored.values()) == sorted([a.data, b.data])
+    # b was read again once, from its start record.
+    assert [(start, key) for _, _, start, _, key in rig.rewinder.calls] == [
+        (messages[1].offset, b.tid.encode())
+    ]
+    assert not list((tmp_path / "spool").iterdir())
+
+
+async def test_an_end_record_waits_for_room_while_the_others_expire(tmp_path: Path) -> None:
+    """An end record whose file must be rebuilt past the quota waits (consumption stops)
+    until another transfer's idle spool expires; nothing is skipped."""
+    rig = _rig(tmp_path)
+    settings = rig.assembler.settings
+    settings.spool_quota_bytes = 200_000
+    settings.transfer_idle_seconds = 0.3
+    a, b = dsm(os.urandom(150_000), "/DSM/a.mp4\0"), dsm(os.urandom(150_000), "/DSM/b.mp4\0")
+    b_records = rig.log.transfer(b)
+    a_records = rig.log.transfer(a)
+    for message in a_records[:-1]:  # a holds 150 KB and is never finished (abandoned)
+        await rig.assembler.handle(message)
+    pauses = metrics.spool_full._value.get()
+    done = await asyncio.wait_for(rig.assembler.handle(b_records[-1]), 10)  # b's end only
+    assert done  # b was rebuilt from Kafka and completed: its upload runs
+    await rig.assembler.flush()
+    assert metrics.spool_full._value.get() == pauses + 1
+    assert a.tid not in rig.assembler.reassembler.transfers  # expired to make room
+    [(data, _, _)] = rig.store.stored.values()
+    assert data == b.data
+
+
+async def test_a_transfer_alone_in_the_spool_is_never_held_back(tmp_path: Path) -> None:
+    rig = _rig(tmp_path)
+    rig.assembler.settings.spool_quota_bytes = 10_000  # smaller than the file
+    f = dsm(os.urandom(150_000), "/DSM/big.mp4\0")
+    for message in rig.log.transfer(f):
+        await asyncio.wait_for(rig.assembler.handle(message), 5)
+    await rig.assembler.flush()
+    [(data, _, _)] = rig.store.stored.values()
+    assert data == f.data
+
+
+async def test_an_oversized_start_is_a_file_failed_event(tmp_path: Path) -> None:
+    rig = _rig(tmp_path)
+    rig.assembler.reassembler.max_file_bytes = {"dsm": 100_000}
+    f = dsm(os.urandom(150_000), "/DSM/huge.mp4\0")
+    for message in rig.log.transfer(f):
+        await rig.assembler.handle(message)
+    [event] = rig.events
+    assert isinstance(event, FileFailed) and event.reason.startswith("size: START announces")
+    assert rig.store.stored == {} and not list((tmp_path / "spool").iterdir())
+
+
+async def test_slow_s3_requests_are_logged_once_and_make_s3_not_ready(tmp_path: Path) -> None:
+    clock = [100.0]
+    rig = _rig(tmp_path)
+    watch = rig.assembler.watch = S3Watch(2.0, clock=lambda: clock[0])
+    with capture_logs() as logs:
+        with watch.request("put"):
+            clock[0] += 1.0
+            rig.assembler.check_s3()
+            assert watch.ready() and not [e for e in logs if e["event"] == "s3_slow"]
+            clock[0] += 1.5
+            rig.assembler.check_s3()
+            rig.assembler.check_s3()
+            slow = [e for e in logs if e["event"] == "s3_slow"]
+            assert len(slow) == 1 and slow[0]["operation"] == "put"
+            assert slow[0]["in_flight_seconds"] == 2.5 and not watch.ready()
+            assert [e["reason"] for e in logs if e["event"] == "s3_not_ready"] == [
+                "an S3 request has been in flight for 2.5 s"
+            ]
+        rig.assembler.check_s3()
+    assert watch.ready() and logs[-1]["event"] == "s3_ready"

@@ -276,12 +276,61 @@ def test_start_announcements_are_checked(reassembler: Reassembler) -> None:
     )
 
     g = dualcam(os.urandom(5000), "photo_rear")
-    start = g.start().model_copy(update={"packets": 3})
+    start = g.start().model_copy(update={"packets": 6})
     reassembler.feed(feed._record(RecordKind.START, g.tid, encode(start)))
     for c in chunk_records(g.data):
         reassembler.feed(feed.chunk(g, c, 0))
     failed = reassembler.feed(feed.end(g, 0))
-    assert isinstance(failed, Failed) and failed.reason.endswith("START announced 3 packets")
+    assert isinstance(failed, Failed) and failed.reason.endswith("START announced 6 packets")
+
+    # More bytes than START announced fail at the first chunk past them (the spool of a
+    # lying device never holds more than it announced).
+    h = dualcam(os.urandom(5000), "photo_front")
+    start = h.start().model_copy(update={"packets": 3})
+    reassembler.feed(feed._record(RecordKind.START, h.tid, encode(start)))
+    outcomes = [reassembler.feed(feed.chunk(h, c, 0)) for c in chunk_records(h.data, 0, None, 1024)]
+    assert [type(o).__name__ for o in outcomes] == ["Progress"] * 3 + ["Failed", "Skipped"]
+    failed = outcomes[3]
+    assert isinstance(failed, Failed) and failed.category == "size"
+    assert failed.reason == "a chunk reaches byte 4096, past the 3072 bytes START announced"
+    assert failed.size == 3072 and h.tid not in reassembler.transfers
+
+
+def test_max_file_bytes_per_camera_kind_refuses_a_start(tmp_path: Path) -> None:
+    limits = {"dsm": 4000, "dualcam": 10_000}
+    r = Reassembler(tmp_path / "spool", max_file_bytes=limits)
+    feed = Feed(r)
+    big = dsm(os.urandom(5000), "/DSM/big.mp4\0")
+    failed = r.feed(feed.start(big))
+    assert isinstance(failed, Failed) and failed.category == "size"
+    assert failed.reason == (
+        "START announces 5000 bytes, over the 4000 bytes allowed for a dsm file (max_file_bytes)"
+    )
+    assert failed.start is not None and failed.start.imei == big.imei  # so file.failed names it
+    assert big.tid not in r.transfers and not list((tmp_path / "spool").iterdir())
+    later = [r.feed(feed.chunk(big, c, 0)) for c in chunk_records(big.data)]
+    assert all(isinstance(o, Skipped) and o.reason == "failed" for o in later)
+    # The limit is per kind: a DualCam file of the same size is taken, and stored whole.
+    ok = dualcam(os.urandom(5000), "video_front")
+    done = _run(r, feed.whole(ok))[-1]
+    assert isinstance(done, Completed) and done.transfer.path.read_bytes() == ok.data
+    # 0xFFFFFFFF packets: refused at START, before a byte is spooled.
+    huge = dualcam(os.urandom(2048), "video_rear")
+    start = huge.start().model_copy(update={"packets": 0xFFFFFFFF})
+    failed = r.feed(feed._record(RecordKind.START, huge.tid, encode(start)))
+    assert isinstance(failed, Failed) and "4398046510080 bytes" in failed.reason
+
+
+def test_spool_bytes_counts_every_transfer_held(reassembler: Reassembler) -> None:
+    feed = Feed(reassembler)
+    a, b = dsm(os.urandom(3000), "/DSM/a.mp4\0"), dsm(os.urandom(7000), "/DSM/b.mp4\0")
+    origin_a, origin_b = feed.start(a), feed.start(b)
+    for f, start in ((a, origin_a), (b, origin_b)):
+        reassembler.feed(start)
+        for c in chunk_records(f.data, 0, 2048, 1024):
+            reassembler.feed(feed.chunk(f, c, start.offset))
+    assert reassembler.spool_bytes == 4096
+    assert sum(p.stat().st_size for p in reassembler.spool.iterdir()) == 4096
 
 
 def test_a_device_crc_mismatch_is_reported_not_fatal(reassembler: Reassembler) -> None:

@@ -1,0 +1,73 @@
+"""The devstack's pure parts: restart backoff, consumer lag."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from aiokafka import TopicPartition
+
+from devstack.infra import Process
+from devstack.lag import GroupLag, describe, lag_of
+from devstack.supervisor import Backoff, Supervised, restart_delay
+
+
+@pytest.mark.parametrize(
+    ("exits", "delay"), [(1, 0.5), (2, 1.0), (3, 2.0), (6, 16.0), (7, 30.0), (50, 30.0)]
+)
+def test_restart_delay_doubles_up_to_the_maximum(exits: int, delay: float) -> None:
+    assert restart_delay(exits, Backoff(0.5, 30.0)) == delay
+
+
+def test_a_supervised_service_is_restarted_after_its_pause_and_counted(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    started: list[Process] = []
+
+    def make() -> Process:
+        process = Process("svc", [sys.executable, "-c", "pass"], 0).start()
+        started.append(process)
+        return process
+
+    service = Supervised("svc", make, Backoff(1.0, 4.0, stable_seconds=60.0))
+    service.start(0.0)
+    assert started[0].popen is not None
+    started[0].popen.wait(10)
+    service.check(5.0)  # noticed: restart in 1 s
+    assert service.restart_at == 6.0 and len(started) == 1
+    service.check(5.5)
+    assert len(started) == 1
+    service.check(6.0)
+    assert len(started) == 2 and service.restarts == 1
+    assert started[1].popen is not None
+    started[1].popen.wait(10)
+    service.check(7.0)  # the second exit in a row: 2 s
+    assert service.restart_at == 9.0
+    service.check(9.0)
+    assert service.restarts == 2
+    assert started[2].popen is not None
+    started[2].popen.wait(10)
+    service.check(100.0)  # it had run for 91 s: the count starts again
+    assert service.restart_at == 101.0
+    err = capsys.readouterr().err
+    assert "svc exited (status 0) after 5.0 s; restarting in 1 s" in err
+    assert "starting svc again (restart 2)" in err
+
+
+def test_a_service_being_stopped_is_not_restarted() -> None:
+    process = Process("svc", [sys.executable, "-c", "import time; time.sleep(30)"], 0)
+    service = Supervised("svc", process.start)
+    service.start(0.0)
+    service.stop(5.0)
+    assert process.popen is not None and process.popen.returncode is not None
+    service.check(10.0)
+    assert service.restart_at is None and service.restarts == 0
+
+
+def test_lag_counts_from_the_committed_offset_or_the_log_start() -> None:
+    a, b, c = (TopicPartition("t", p) for p in range(3))
+    assert lag_of({a: 10, b: None}, {a: 0, b: 5, c: 2}, {a: 12, b: 9, c: 2}) == 2 + 4
+    assert lag_of({a: 12}, {a: 0}, {a: 12}) == 0
+    lags = [GroupLag("fleetgate-assembler", 3), GroupLag("fleetgate-connector-sink", 1)]
+    assert describe(lags) == ("assembler 3 records, connector (fleetgate-connector-sink) 1 records")
+    assert describe([]) == "nothing"
