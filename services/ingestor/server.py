@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
+
+from runtime.metrics import Readiness
 
 from . import allowlist, metrics
 from .progress import ProgressBook, ProgressPublisher, ProgressReader
@@ -37,10 +40,20 @@ class KafkaSink:
     async def send(
         self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
     ) -> asyncio.Future[Any]:
+        started = time.monotonic()
         future: asyncio.Future[Any] = await self.producer.send(
             str(topic), value=value, key=key, headers=headers
         )
+        future.add_done_callback(lambda done: _observe_produce(started, done))
         return future
+
+
+def _observe_produce(started: float, future: asyncio.Future[Any]) -> None:
+    """Kafka produce latency (enqueue to acknowledgement) and failures."""
+    if future.cancelled() or future.exception() is not None:
+        metrics.kafka_errors.inc()
+    else:
+        metrics.kafka_produce_seconds.observe(time.monotonic() - started)
 
 
 class Ingestor:
@@ -68,6 +81,9 @@ class Ingestor:
         self._stopping = False
         self._per_peer: dict[str, int] = {}  # open connections by peer address; no zeros
         self._refusals = _RefusalLog()
+        #: Why the ingestor is not ready (Kafka unreachable...), or None: new connections are
+        #: refused meanwhile (readiness hook, set by :func:`serve`).
+        self.not_ready: Callable[[], str | None] = lambda: None
 
     async def start(self) -> int:
         allow = allowlist.reload(self.settings)  # a broken allow-list stops us here
@@ -83,6 +99,8 @@ class Ingestor:
         """Why a new connection from ``host`` is refused (reason label, text), if it is."""
         if self._stopping:
             return "shutdown", "ingestor shutting down"
+        if (why := self.not_ready()) is not None:
+            return "not_ready", f"not ready: {why}"
         limit = self.settings.max_connections
         if len(self.sessions) >= limit:
             return "max_connections", f"{len(self.sessions)} connections open (max_connections)"
@@ -205,11 +223,16 @@ class _RefusalLog:
         _log.warning("connections_refused", reason=reason, detail=detail, count=count, peer=peer)
 
 
-async def serve(settings: IngestorSettings, stop: asyncio.Event) -> None:
+async def serve(
+    settings: IngestorSettings, stop: asyncio.Event, readiness: Readiness | None = None
+) -> None:
     """Run until ``stop`` is set. Devices are accepted only once the progress topic has been
-    read (so that a device coming back resumes where Kafka has its file up to)."""
+    read (so that a device coming back resumes where Kafka has its file up to), and only
+    while ``readiness`` says ready."""
+    readiness = readiness or Readiness("ingestor")
     sink = KafkaSink(settings)
     await sink.producer.start()
+    watching = asyncio.create_task(readiness.watch(), name="readiness")
     book = ProgressBook(settings.progress_max_age)
     reader = ProgressReader(settings, book)
     following: asyncio.Task[None] | None = None
@@ -218,11 +241,17 @@ async def serve(settings: IngestorSettings, stop: asyncio.Event) -> None:
         await reader.catch_up()
         following = asyncio.create_task(reader.follow(), name="progress reader")
         ingestor = Ingestor(settings, sink, book)
+        ingestor.not_ready = readiness.why_not
+        readiness.started()
         port = await ingestor.start()
         _log.info("listening", host=settings.camera_host, port=port, transfers_known=len(book))
         await stop.wait()
+        readiness.hold("stopping", "draining on SIGTERM")
         await ingestor.stop()
     finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
         if following is not None:
             following.cancel()
             with contextlib.suppress(asyncio.CancelledError):
