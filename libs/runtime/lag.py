@@ -96,28 +96,40 @@ class LagMonitor:
             consumer_lag.labels(self.group, topic).set(value)
 
     async def run(self) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.client_kwargs)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False, **self.client_kwargs
-        )
-        started: list[Any] = []
+        clients: tuple[AIOKafkaAdminClient, AIOKafkaConsumer] | None = None
         try:
             while True:
                 try:
-                    if not started:
-                        await admin.start()
-                        started.append(admin)
-                        await consumer.start()
-                        started.append(consumer)
-                    self.publish(await self.measure(admin, consumer))
+                    if clients is None:
+                        clients = await self._connect()
+                    self.publish(await self.measure(*clients))
                 except (KafkaError, OSError, TimeoutError) as exc:  # count, log, try again
                     lag_errors.labels(self.group).inc()
                     _log.warning("lag_unavailable", group=self.group, error=repr(exc))
                 await asyncio.sleep(self.interval)
         finally:
-            for client in reversed(started):
-                with contextlib.suppress(KafkaError, OSError):
-                    await (client.close() if client is admin else client.stop())
+            if clients is not None:
+                await _close(*clients)
+
+    async def _connect(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.client_kwargs)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, **self.client_kwargs
+        )
+        try:
+            await admin.start()
+            await consumer.start()
+        except BaseException:
+            await _close(admin, consumer)
+            raise
+        return admin, consumer
+
+
+async def _close(admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer) -> None:
+    with contextlib.suppress(KafkaError, OSError):
+        await consumer.stop()
+    with contextlib.suppress(KafkaError, OSError):
+        await admin.close()
 
 
 def start_lag_monitors(monitors: Iterable[LagMonitor]) -> list[asyncio.Task[None]]:
