@@ -23,7 +23,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import structlog
-from prometheus_client import REGISTRY, make_wsgi_app
+from prometheus_client import REGISTRY, Gauge, make_wsgi_app
 
 __all__ = ["Check", "Readiness", "start_metrics_server", "tcp_check"]
 
@@ -31,6 +31,8 @@ _log = structlog.get_logger("fleetgate.health")
 
 #: A readiness check: ``None`` when ready, else why not (one short line).
 Check = Callable[[], "str | None"]
+
+ready_gauge = Gauge("fleetgate_ready", "1 while the service is ready (/readyz 200), else 0")
 
 
 class Readiness:
@@ -51,6 +53,7 @@ class Readiness:
         self._heartbeat: float | None = None
         self._lock = threading.Lock()
         self._logged: tuple[tuple[str, str], ...] | None = None
+        ready_gauge.set_function(lambda: 1.0 if self.ready else 0.0)
 
     def add(self, name: str, check: Check) -> None:
         """Register ``check``; it runs in a worker thread, so it may block briefly."""
