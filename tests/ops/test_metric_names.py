@@ -23,7 +23,7 @@ NAME = re.compile(r"\bfleetgate_[a-z0-9_]+")
 
 def dashboard_queries() -> list[str]:
     dashboard = json.loads((CHART / "files" / "dashboard.json").read_text())
-    queries = []
+    queries: list[str] = []
 
     def walk(panels: list[dict[str, Any]]) -> None:
         for panel in panels:
