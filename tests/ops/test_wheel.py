@@ -76,7 +76,7 @@ def test_the_modules_come_from_the_wheel_not_the_work_tree(installed: Path) -> N
     out = _run(
         installed / "python",
         "-c",
-        "import devstack, ingestor, runtime, contracts; print(devstack.__file__, contracts.__file__)",
+        "import devstack, contracts; print(devstack.__file__, contracts.__file__)",
         cwd=installed,
     )
     assert str(ROOT) not in out and "site-packages" in out
