@@ -8,17 +8,17 @@ name that the Grafana dashboard's queries and the alert rules use.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
+import promql_parser
+import pytest
 import yaml
 
 from tests.conftest import S3
 from tests.ops.ops_helpers import Services
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "fleetgate"
-NAME = re.compile(r"\bfleetgate_[a-z0-9_]+")
 
 
 def dashboard_queries() -> list[str]:
@@ -40,16 +40,26 @@ def alert_queries() -> list[str]:
 
 
 def names_in(queries: list[str]) -> set[str]:
-    return {name for query in queries for name in NAME.findall(query)}
+    """The fleetgate metrics the queries select (parsed as PromQL: a bad query raises)."""
+    names: set[str] = set()
+
+    def visit(node: promql_parser.Expr) -> bool:
+        if isinstance(node, promql_parser.VectorSelector) and node.name:
+            names.add(node.name)
+        return True
+
+    for query in queries:
+        promql_parser.walk(promql_parser.parse(query), visit)
+    return {name for name in names if name.startswith("fleetgate_")}
 
 
-def test_the_queries_name_metrics() -> None:
+def test_the_queries_parse_and_name_metrics() -> None:
     assert len(dashboard_queries()) > 20 and len(alert_queries()) == 7
-    assert names_in(["sum(rate(fleetgate_a_total[5m])) / fleetgate_b{x='fleetgate_c'}"]) == {
-        "fleetgate_a_total",
-        "fleetgate_b",
-        "fleetgate_c",  # a label value too: harmless, and none is used
-    }
+    assert names_in(dashboard_queries()) and names_in(alert_queries())
+    query = "sum(rate(fleetgate_a_total[5m])) / fleetgate_b{x='fleetgate_c'} or up == 0"
+    assert names_in([query]) == {"fleetgate_a_total", "fleetgate_b"}
+    with pytest.raises(ValueError):
+        names_in(["sum by (x (rate(fleetgate_a_total[5m]))"])
 
 
 def test_every_metric_of_the_dashboard_and_alerts_exists(
