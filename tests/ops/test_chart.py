@@ -5,6 +5,7 @@ loader."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -332,3 +333,29 @@ def test_every_setting_the_chart_sets_is_a_setting_of_the_service(
         for variable in env_of(deployment):
             if variable.startswith("FLEETGATE_") and variable not in extra:
                 assert variable in fields, f"{component} has no setting for {variable}"
+
+
+def test_the_readme_install_command_uses_real_values(chart: helm.Chart) -> None:
+    readme = (CHART.parents[1] / "README.md").read_text()
+    section = readme.split("## Operating fleetgate\n", 1)[1].split("\n## ", 1)[0]
+    for heading in ("### Install with Helm", "### Scale", "### Upgrade"):
+        assert heading in section
+    assert "### Metrics, dashboard, alerts and runbooks" in section
+    settings = re.findall(r"--set ([\w.]+=\S+)", section)
+    assert len(settings) >= 6
+    values: dict[str, Any] = {}
+    for setting in settings:
+        merged = helm.parse_set_string(setting)
+        for key, sub in merged.items():
+            values[key] = {**values.get(key, {}), **sub} if isinstance(sub, dict) else sub
+    chart.validate_schema(values)
+    render(chart, values)
+    for name in re.findall(
+        r"`((?:ingestor|assembler|connector|metrics|s3|kafka)\.[\w.]+)`", section
+    ):
+        if name == "ingestor.replicsa":  # the README's example of a typo the schema catches
+            continue
+        node = json.loads((CHART / "values.schema.json").read_text())
+        for part in name.split("."):
+            assert part in node.get("properties", {}), f"the README names {name}: no such value"
+            node = node["properties"][part]
