@@ -242,6 +242,7 @@ async def serve(
         following = asyncio.create_task(reader.follow(), name="progress reader")
         ingestor = Ingestor(settings, sink, book)
         ingestor.not_ready = readiness.why_not
+        await asyncio.to_thread(readiness.evaluate)  # no device is refused for "not evaluated"
         readiness.started()
         port = await ingestor.start()
         _log.info("listening", host=settings.camera_host, port=port, transfers_known=len(book))
