@@ -96,9 +96,12 @@ class LagMonitor:
             consumer_lag.labels(self.group, topic).set(value)
 
     async def run(self) -> None:
+        """Measure every ``interval`` seconds, the first time one interval after the start (the
+        series exist at zero meanwhile), out of the way of the service's own group join."""
         clients: tuple[AIOKafkaAdminClient, AIOKafkaConsumer] | None = None
         try:
             while True:
+                await asyncio.sleep(self.interval)
                 try:
                     if clients is None:
                         clients = await self._connect()
@@ -106,7 +109,6 @@ class LagMonitor:
                 except (KafkaError, OSError, TimeoutError) as exc:  # count, log, try again
                     lag_errors.labels(self.group).inc()
                     _log.warning("lag_unavailable", group=self.group, error=repr(exc))
-                await asyncio.sleep(self.interval)
         finally:
             if clients is not None:
                 await _close(*clients)
