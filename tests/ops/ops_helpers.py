@@ -111,3 +111,22 @@ class Services:
             if service.process.poll() is None:
                 service.process.kill()
                 service.process.wait()
+
+
+def docker_available() -> bool:
+    """True where a Docker engine answers (testcontainers and `docker` can run)."""
+    from docker.errors import DockerException  # type: ignore[import-untyped]
+
+    import docker  # type: ignore[import-untyped]
+
+    try:  # no engine, no socket, no permission: all mean "no Docker here"
+        client = docker.from_env(timeout=2)
+    except (DockerException, OSError):
+        return False
+    try:
+        client.ping()
+    except (DockerException, OSError):  # requests' errors are OSErrors
+        return False
+    finally:
+        client.close()
+    return True

@@ -21,6 +21,7 @@ from assembler.settings import AssemblerSettings
 from connector.config import parse_config
 from connector.settings import ConnectorSettings
 from ingestor.settings import IngestorSettings
+from tests.ops.ops_helpers import docker_available
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "deploy" / "compose"
@@ -123,25 +124,9 @@ def test_the_connector_config_is_one_the_connector_accepts() -> None:
 # --- the whole stack, where a Docker engine exists -------------------------------------------
 
 
-def _docker_available() -> bool:
-    try:
-        import docker  # type: ignore[import-untyped]
-
-        client = docker.from_env(timeout=2)
-    except Exception:  # no engine, no socket, no permission: all mean "no Docker here"
-        return False
-    try:
-        client.ping()
-    except Exception:
-        return False
-    finally:
-        client.close()
-    return True
-
-
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Any]:
-    if not _docker_available():
+    if not docker_available():
         pytest.skip("needs a Docker engine: the Compose stack runs Kafka, S3 and fleetgate images")
     from testcontainers.compose import DockerCompose
 

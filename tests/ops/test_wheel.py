@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fleetgate.cli import SUBCOMMANDS
+from tests.ops.ops_helpers import docker_available
 
 ROOT = Path(__file__).resolve().parents[2]
 UV = Path(sys.executable).parent / "uv"
@@ -95,3 +96,43 @@ def test_the_wheel_lists_its_console_script(installed: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         entry_points = next(n for n in archive.namelist() if n.endswith("entry_points.txt"))
         assert "fleetgate = fleetgate.cli:main" in archive.read(entry_points).decode()
+
+
+def test_the_dockerfile_builds_in_two_stages_and_runs_as_a_user() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    lines = [line.strip() for line in dockerfile.splitlines() if line and not line.startswith("#")]
+    stages = [line for line in lines if line.startswith("FROM ")]
+    assert len(stages) == 2 and stages[0].endswith(" AS build")
+    final = dockerfile.split(stages[1], 1)[1]
+    assert "COPY --from=build /opt/fleetgate /opt/fleetgate" in final
+    assert "USER 10001:10001" in final
+    assert 'ENTRYPOINT ["fleetgate"]' in final
+    # the wheel is installed with the lock's pins, as the fresh-virtualenv test above does
+    assert "uv pip install --constraint requirements/dev.txt /dist/*.whl" in dockerfile
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", ".git", "tests", "**/node_modules"} <= set(ignored)
+
+
+@pytest.mark.parametrize("command", [*SUBCOMMANDS])
+def test_the_image_runs_every_subcommand_as_a_user(image: str, command: str) -> None:
+    out = subprocess.run(
+        ["docker", "run", "--rm", "--read-only", "--cap-drop", "ALL", image, command, "--help"],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    assert out.startswith(f"usage: fleetgate {command}")
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    import shutil
+
+    if shutil.which("docker") is None or not docker_available():
+        pytest.skip("needs a Docker engine: builds the image from the Dockerfile")
+    tag = "fleetgate:test"
+    subprocess.run(["docker", "build", "-t", tag, str(ROOT)], check=True, timeout=1800)
+    user = subprocess.run(
+        ["docker", "run", "--rm", "--entrypoint", "id", tag, "-u"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.strip()  # fmt: skip
+    assert user == "10001"
+    return tag
