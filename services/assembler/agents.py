@@ -541,6 +541,9 @@ class Assembler:
         await self._produce(start.imei, encode(event))
         self.reassembler.finish(transfer)
         metrics.files.labels("stored" if result.uploaded else "duplicate").inc()
+        began_at = start.started_at
+        began_at = began_at if began_at.tzinfo else began_at.replace(tzinfo=UTC)
+        metrics.assembly_seconds.observe(max(0.0, (event.stored_at - began_at).total_seconds()))
         if result.uploaded:
             metrics.file_bytes.inc(transfer.expected)
         log.info(

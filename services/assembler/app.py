@@ -123,8 +123,13 @@ async def _start(app: faust.App, stop: asyncio.Event) -> bool:
     return False
 
 
-async def serve(settings: AssemblerSettings, stop: asyncio.Event) -> int:
-    """Run until ``stop`` is set (exit status 0), or faust fails to start or crashes (1)."""
+async def serve(
+    settings: AssemblerSettings,
+    stop: asyncio.Event,
+    on_started: Callable[[], None] = lambda: None,
+) -> int:
+    """Run until ``stop`` is set (exit status 0), or faust fails to start or crashes (1).
+    ``on_started`` is called once the consumer group is joined (readiness)."""
     spool = prepare_spool(settings.spool_dir)
     watch = S3Watch(settings.s3_slow_seconds, observe=_s3_observer(settings.s3_slow_seconds))
     install(watch)  # health.s3_ready() now reports on this process's S3
@@ -160,6 +165,7 @@ async def serve(settings: AssemblerSettings, stop: asyncio.Event) -> int:
         try:
             if await _start(app, stop):
                 _log.info("assembler_started")
+                on_started()
                 while not stop.is_set() and not app.should_stop:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 1.0)

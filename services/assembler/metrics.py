@@ -48,6 +48,11 @@ s3_upload_seconds = Histogram(
     "Time to store one file in S3 (existence check included)",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
+assembly_seconds = Histogram(
+    "fleetgate_assembler_assembly_seconds",
+    "From the transfer's START at the ingestor to its file stored in S3 (wall clocks of both)",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 14400),
+)
 s3_errors = Counter("fleetgate_assembler_s3_errors_total", "Failed S3 attempts (each is retried)")
 kafka_errors = Counter(
     "fleetgate_assembler_kafka_errors_total",

@@ -13,8 +13,11 @@ from datetime import UTC, datetime
 
 import structlog
 
+from contracts import Topic
 from runtime import configure_logging, start_metrics_server, stop_on_signals
 from runtime.cli import add_settings_arguments, settings_from_args
+from runtime.lag import LagMonitor, start_lag_monitors
+from runtime.metrics import Readiness, tcp_check
 
 from .config import ConfigError, ConnectorConfig, load_config
 from .consumer import serve
@@ -89,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if getattr(args, "connector_action", None) == "replay":
         return _replay(args, settings, config)
-    start_metrics_server(settings.metrics_host, settings.metrics_port)
+    readiness = Readiness("connector")
+    readiness.add("kafka", tcp_check("Kafka", settings.kafka_bootstrap.split(",")))
+    start_metrics_server(settings.metrics_host, settings.metrics_port, readiness)
     structlog.get_logger("fleetgate.connector").info(
         "starting",
         config=str(settings.connector_config),
@@ -100,10 +105,29 @@ def run(args: argparse.Namespace) -> int:
     async def main() -> None:
         stop = asyncio.Event()
         stop_on_signals(stop)
-        await serve(settings, config, stop)
+        readiness.started()  # from here on, ready is: Kafka reachable
+        tasks = [
+            asyncio.create_task(readiness.watch()),
+            *start_lag_monitors(lag_monitors(settings, config)),
+        ]
+        try:
+            await serve(settings, config, stop)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     asyncio.run(main())
     return 0
+
+
+def lag_monitors(settings: ConnectorSettings, config: ConnectorConfig) -> list[LagMonitor]:
+    """One per enabled endpoint: its group on the files topic and the retry tiers."""
+    topics = [str(Topic.FILES), *config.retry.topics]
+    return [
+        LagMonitor(settings.kafka_bootstrap, f"{settings.connector_group_prefix}-{e.name}", topics)
+        for e in config.enabled
+    ]
 
 
 def _replay(args: argparse.Namespace, settings: ConnectorSettings, config: ConnectorConfig) -> int:

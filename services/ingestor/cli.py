@@ -7,6 +7,7 @@ import asyncio
 
 from runtime import configure_logging, start_metrics_server, stop_on_signals
 from runtime.cli import add_settings_arguments, settings_from_args
+from runtime.metrics import Readiness, tcp_check
 
 from .protocols import PROTOCOLS
 from .server import serve
@@ -31,12 +32,14 @@ def run(args: argparse.Namespace) -> int:
         for name, protocol in PROTOCOLS.items()
     }
     configure_logging(settings.log_level, settings.log_json)
-    start_metrics_server(settings.metrics_host, settings.metrics_port)
+    readiness = Readiness("ingestor")
+    readiness.add("kafka", tcp_check("Kafka", settings.kafka_bootstrap.split(",")))
+    start_metrics_server(settings.metrics_host, settings.metrics_port, readiness)
 
     async def main() -> None:
         stop = asyncio.Event()
         stop_on_signals(stop)
-        await serve(settings, stop, listeners)
+        await serve(settings, stop, listeners, readiness)
 
     asyncio.run(main())
     return 0

@@ -3,7 +3,7 @@ endings, records produced. A protocol's own metrics live in its folder."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 #: Why the edge ends a session; a protocol adds its own to :data:`CLOSE_REASONS` through
 #: ``Protocol.close_reasons`` (the camera: ``resume_reset``).
@@ -16,7 +16,7 @@ CLOSE_REASONS = (
     "shutdown",
     "not_allowed",
 )
-REFUSE_REASONS = ("max_connections", "max_connections_per_peer", "shutdown")
+REFUSE_REASONS = ("max_connections", "max_connections_per_peer", "shutdown", "not_ready")
 
 connections_open = Gauge(
     "fleetgate_ingestor_connections_open", "Device connections open now", ["protocol"]
@@ -33,6 +33,15 @@ sessions_closed = Counter(
     "fleetgate_ingestor_sessions_closed_total", "Sessions ended, by reason", ["protocol", "reason"]
 )
 kafka_records = Counter("fleetgate_ingestor_kafka_records_total", "Records produced", ["topic"])
+kafka_produce_seconds = Histogram(
+    "fleetgate_ingestor_kafka_produce_seconds",
+    "From handing a record to the producer to Kafka acknowledging it (acks=all)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+kafka_errors = Counter(
+    "fleetgate_ingestor_kafka_errors_total",
+    "Records Kafka did not acknowledge (timed out or refused)",
+)
 
 
 def register(protocol: str, close_reasons: tuple[str, ...] = ()) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import structlog
+
+from runtime.metrics import Readiness
 
 from . import allowlist, metrics
 from .adapter import Link, Protocol
@@ -50,6 +52,9 @@ class Ingestor:
         self._open: dict[str, int] = {}  # open connections by protocol
         self._per_peer: dict[tuple[str, str], int] = {}  # by (protocol, address); no zeros
         self._refusals = _RefusalLog()
+        #: Why the ingestor is not ready (Kafka unreachable...), or None: new connections are
+        #: refused meanwhile (readiness hook, set by :func:`serve`).
+        self.not_ready: Callable[[], str | None] = lambda: None
         for protocol in protocols:
             metrics.register(protocol.name, protocol.close_reasons)
 
@@ -83,6 +88,8 @@ class Ingestor:
         """Why a new connection from ``host`` is refused (reason label, text), if it is."""
         if self._stopping:
             return "shutdown", "ingestor shutting down"
+        if (why := self.not_ready()) is not None:
+            return "not_ready", f"not ready: {why}"
         limit = self.settings.max_connections
         if len(self.sessions) >= limit:
             return "max_connections", f"{len(self.sessions)} connections open (max_connections)"
@@ -264,21 +271,31 @@ async def serve(
     settings: IngestorSettings,
     stop: asyncio.Event,
     listeners: Mapping[str, ListenerSettings] | None = None,
+    readiness: Readiness | None = None,
 ) -> None:
     """Run until ``stop`` is set. Each protocol starts before its listener accepts (the
     camera first reads the progress topic, so that a device coming back resumes where Kafka
-    has its file up to)."""
+    has its file up to); devices are accepted only while ``readiness`` says ready."""
+    readiness = readiness or Readiness("ingestor")
     sink = KafkaSink(settings)
     await sink.producer.start()
+    watching = asyncio.create_task(readiness.watch(), name="readiness")
     try:
         protocols = hosted(settings, sink, listeners or listener_settings())
         if not protocols:
             raise ValueError("every protocol is disabled: nothing to listen for")
         ingestor = Ingestor(settings, sink, protocols)
+        ingestor.not_ready = readiness.why_not
         try:
-            await ingestor.start()
+            await asyncio.to_thread(readiness.evaluate)  # nobody refused as "not evaluated"
+            await ingestor.start()  # each protocol's start (progress catch-up), then listeners
+            readiness.started()
             await stop.wait()
+            readiness.hold("stopping", "draining on SIGTERM")
         finally:
             await ingestor.stop()
     finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
         await sink.producer.stop()

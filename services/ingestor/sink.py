@@ -10,6 +10,7 @@ camera confirms a file, a telemetry protocol commits its records, only after it.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Awaitable
 from typing import Any, Protocol
@@ -56,10 +57,20 @@ class KafkaSink:
     async def send(
         self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
     ) -> asyncio.Future[Any]:
+        started = time.monotonic()
         future: asyncio.Future[Any] = await self.producer.send(
             str(topic), value=value, key=key, headers=headers
         )
+        future.add_done_callback(lambda done: _observe_produce(started, done))
         return future
+
+
+def _observe_produce(started: float, future: asyncio.Future[Any]) -> None:
+    """Kafka produce latency (enqueue to acknowledgement) and failures."""
+    if future.cancelled() or future.exception() is not None:
+        metrics.kafka_errors.inc()
+    else:
+        metrics.kafka_produce_seconds.observe(time.monotonic() - started)
 
 
 class Ledger:

@@ -47,8 +47,14 @@ def fleet_imeis(config: SimulationConfig) -> list[str]:
 
 
 def metric(name: str, **labels: str) -> float:
-    """A sample of the process-wide Prometheus registry (0 when absent)."""
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+    """A sample of the process-wide Prometheus registry, summed over the labels not given
+    (``protocol``...); 0 when absent."""
+    return sum(
+        sample.value
+        for family in REGISTRY.collect()
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 def camera_metric(name: str, **labels: str) -> float:
