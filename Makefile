@@ -51,6 +51,24 @@ lock: | $(UV) ## Re-resolve requirements/dev.txt after editing pyproject.toml (k
 lock-upgrade: LOCK_FLAGS = --upgrade
 lock-upgrade: lock ## Re-resolve requirements/dev.txt taking the newest allowed versions
 
+# Real Apache Kafka (KRaft) for the tests and FLEETGATE_BROKER=kafka: jars pinned in
+# deploy/kafka/pom.xml, copied from Maven Central once (again only when the pom changes).
+KAFKA_LIB   := .cache/kafka/lib
+KAFKA_STAMP := $(KAFKA_LIB)/.copied.stamp
+JAVA        := $(shell command -v java 2>/dev/null)
+$(KAFKA_STAMP): deploy/kafka/pom.xml
+	@command -v mvn >/dev/null || { echo "make kafka needs Maven (mvn) and Java 17+" >&2; exit 1; }
+	rm -rf $(KAFKA_LIB)
+	mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies \
+		-DincludeScope=runtime -DoutputDirectory=$(CURDIR)/$(KAFKA_LIB)
+	@touch $@
+
+.PHONY: kafka
+kafka: $(KAFKA_STAMP) ## Fetch the pinned Apache Kafka broker jars (cheap when nothing changed)
+
+# Where Java is present the real-Kafka tests run, so their broker is fetched first.
+KAFKA_IF_JAVA := $(if $(JAVA),$(KAFKA_STAMP))
+
 # --- checks ------------------------------------------------------------------------------------
 
 .PHONY: fmt
@@ -69,7 +87,7 @@ typecheck: .venv ## Type-check (mypy --strict on libs/camproto, mypy on everythi
 	$(BIN)/mypy libs services tests
 
 .PHONY: test
-test: .venv lint typecheck ## Lint, type-check, then run the test suite (camproto >= 95% branch coverage)
+test: .venv $(KAFKA_IF_JAVA) lint typecheck ## Lint, type-check, then run the test suite (camproto >= 95% branch coverage)
 	$(BIN)/pytest --cov=camproto --cov-branch --cov-report=term --cov-fail-under=95
 
 .PHONY: cov
