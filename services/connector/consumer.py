@@ -54,6 +54,7 @@ from contracts import (
     decode,
     encode,
 )
+from runtime.kafka import client_kwargs, producer_kwargs
 
 from . import metrics
 from .config import ConnectorConfig, Endpoint
@@ -129,9 +130,8 @@ class Publisher:
 
     def __init__(self, settings: ConnectorSettings) -> None:
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
+            **producer_kwargs(settings),
             client_id="fleetgate-connector",
-            acks="all",
             linger_ms=2,
         )
 
@@ -256,7 +256,7 @@ class EndpointWorker:
         self.backlog = _Backlog(endpoint.name)
         self.group = f"{settings.connector_group_prefix}-{endpoint.name}"
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
+            **client_kwargs(settings),
             group_id=self.group,
             client_id=f"fleetgate-connector-{endpoint.name}",
             enable_auto_commit=False,
@@ -614,7 +614,7 @@ class EndpointWorker:
 async def ensure_topics(settings: ConnectorSettings, config: ConnectorConfig) -> None:
     """Create the retry, dead-letter and replay topics that do not exist yet."""
     wanted = [*config.retry.topics, str(Topic.DEADLETTER), str(Topic.REPLAYS)]
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .infra import REPO, Process, free_port
+from .infra import REPO, Process, ensure_free, free_port
 
 __all__ = [
     "KAFKA_LIB",
@@ -179,6 +179,8 @@ class KafkaCluster:
         default_factory=lambda: base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     )
     classpath: str = ""
+    #: Client port of node 1 (0: a free one); the others always take free ports.
+    port: int = 0
 
     @property
     def bootstrap(self) -> str:
@@ -285,7 +287,13 @@ class KafkaCluster:
             for node_id in range(1, self.size + 1):
                 directory = self.directory / f"node-{node_id}"
                 directory.mkdir(parents=True, exist_ok=True)
-                self.nodes.append(KafkaNode(node_id, directory, free_port(), free_port()))
+                port = self.port if node_id == 1 and self.port else free_port()
+                self.nodes.append(KafkaNode(node_id, directory, port, free_port()))
+        meta = self.nodes[0].data / "meta.properties"
+        if meta.exists():  # formatted before (a kept data directory): same cluster
+            for line in meta.read_text().splitlines():
+                if line.startswith("cluster.id="):
+                    self.cluster_id = line.split("=", 1)[1].strip()
         formats = []
         for node in self.nodes:
             _write_properties(node.properties, self.settings(node))
@@ -366,12 +374,17 @@ def start_kafka(
     *,
     sasl_ssl: SaslSslListener | None = None,
     overrides: Mapping[str, str] | None = None,
+    port: int | None = None,
 ) -> KafkaCluster:
     """A running KRaft cluster of ``size`` nodes (raises :class:`KafkaMissing` if it can't)."""
     reason = java_missing_reason()
     if reason is not None:
         raise KafkaMissing(reason)
-    cluster = KafkaCluster(directory, size, sasl_ssl=sasl_ssl, overrides=dict(overrides or {}))
+    if port:
+        ensure_free(port, "the Kafka broker (FLEETGATE_KAFKA_PORT)")
+    cluster = KafkaCluster(
+        directory, size, sasl_ssl=sasl_ssl, overrides=dict(overrides or {}), port=port or 0
+    )
     try:
         return cluster.start()
     except BaseException:

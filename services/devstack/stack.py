@@ -33,6 +33,7 @@ from .infra import (
     start_tansu,
     wait_kafka,
 )
+from .kafka import start_kafka
 
 
 class DevstackSettings(CommonSettings):
@@ -40,6 +41,9 @@ class DevstackSettings(CommonSettings):
     camera_port: int = Field(5232, description="device TCP port of the ingestor")
     kafka_port: int = Field(9092, description="port of the embedded broker (if started)")
     s3_port: int = Field(9000, description="port of the embedded S3 server (if started)")
+    broker: Literal["tansu", "kafka"] = Field(
+        "tansu", description="embedded Tansu, or a local Apache Kafka (needs Java 17, make kafka)"
+    )
     broker_storage: Literal["memory", "s3"] = Field(
         "memory",
         description="embedded broker keeps topics in memory (fast, gone on restart) or in the "
@@ -99,6 +103,10 @@ class Stack:
         external_kafka = "FLEETGATE_KAFKA_BOOTSTRAP" in os.environ
         if external_kafka:
             bootstrap = s.kafka_bootstrap
+        elif s.broker == "kafka":  # real Apache Kafka from `make kafka`'s jars
+            kafka = start_kafka(data / "kafka", port=s.kafka_port or None)
+            self.children.extend(node.process for node in kafka.nodes if node.process)
+            bootstrap = kafka.bootstrap
         else:
             storage = BrokerStorage(
                 s3_endpoint=endpoint.removeprefix("http://") if s.broker_storage == "s3" else None,
@@ -129,8 +137,11 @@ class Stack:
                 {},
             ).wait_port()
 
+        tansu = not external_kafka and s.broker == "tansu"
         env = {
             "FLEETGATE_KAFKA_BOOTSTRAP": bootstrap,
+            # Tansu has no idempotent producer (external brokers: as the environment says).
+            **({"FLEETGATE_KAFKA_ENABLE_IDEMPOTENCE": "false"} if tansu else {}),
             "FLEETGATE_S3_ENDPOINT": endpoint,
             "FLEETGATE_S3_ACCESS_KEY": s.s3_access_key,
             "FLEETGATE_S3_SECRET_KEY": s.s3_secret_key,
@@ -158,6 +169,8 @@ class Stack:
             + (
                 ""
                 if external_kafka
+                else " (local Apache Kafka, KRaft)"
+                if s.broker == "kafka"
                 else " (embedded Tansu, "
                 + ("topics kept in s3://tansu)" if s.broker_storage == "s3" else "in memory)")
             ),

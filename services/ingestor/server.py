@@ -11,6 +11,8 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaProducer
 
+from runtime.kafka import producer_kwargs
+
 from . import allowlist, metrics
 from .progress import ProgressBook, ProgressPublisher, ProgressReader
 from .session import CameraSession, Sink
@@ -25,8 +27,7 @@ class KafkaSink:
 
     def __init__(self, settings: IngestorSettings) -> None:
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            acks="all",
+            **producer_kwargs(settings),
             linger_ms=settings.kafka_linger_ms,
             max_request_size=settings.kafka_max_request_bytes,
             max_batch_size=256 * 1024,
