@@ -223,6 +223,7 @@ class KafkaCluster:
             "offsets.topic.num.partitions": "4",
             "transaction.state.log.num.partitions": "4",
             "group.initial.rebalance.delay.ms": "0",
+            "group.min.session.timeout.ms": "500",
             "broker.heartbeat.interval.ms": "500",
             "broker.session.timeout.ms": "3000",
             "controller.quorum.fetch.timeout.ms": "2000",

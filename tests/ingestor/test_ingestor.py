@@ -160,7 +160,10 @@ async def test_broker_gone_means_nothing_is_confirmed(tmp_path: Path) -> None:
         await create_topics(bootstrap)
         # On Tansu (a broker of our own to kill), which has no idempotent producer.
         config = settings(
-            bootstrap, ack_timeout=1.0, kafka_request_timeout_ms=1500, kafka_enable_idempotence=False
+            bootstrap,
+            ack_timeout=1.0,
+            kafka_request_timeout_ms=1500,
+            kafka_enable_idempotence=False,
         )
         async with running(config) as ingestor:
             assert ingestor.port is not None
