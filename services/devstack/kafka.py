@@ -262,7 +262,8 @@ class KafkaCluster:
                 "ssl.keystore.location": str(sec.keystore),
                 "ssl.truststore.type": "PEM",
                 "ssl.truststore.location": str(sec.truststore),
-                "ssl.client.auth": "required",
+                # A SASL_SSL listener ignores the unprefixed ssl.client.auth.
+                "listener.name.sasl_ssl.ssl.client.auth": "required",
                 "ssl.endpoint.identification.algorithm": "",
             }
         props["listeners"] = ",".join(
