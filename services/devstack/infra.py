@@ -231,7 +231,10 @@ DEFAULT_PARTITIONS: dict[str, int] = {
 
 
 async def create_topics(
-    bootstrap: str, partitions: Mapping[str, int] | None = None, extra: Sequence[str] = ()
+    bootstrap: str,
+    partitions: Mapping[str, int] | None = None,
+    extra: Sequence[str] = (),
+    replication: int = 1,
 ) -> None:
     """Create fleetgate's topics (those that exist already are left alone)."""
     wanted = partitions or DEFAULT_PARTITIONS
@@ -240,11 +243,13 @@ async def create_topics(
     try:
         existing = set(await admin.list_topics())
         new = [
-            NewTopic(str(topic), count, 1, topic_configs=dict(TOPIC_CONFIGS.get(topic, {})))
+            NewTopic(
+                str(topic), count, replication, topic_configs=dict(TOPIC_CONFIGS.get(topic, {}))
+            )
             for topic, count in wanted.items()
             if topic not in existing
         ]
-        new += [NewTopic(name, 4, 1) for name in extra if name not in existing]
+        new += [NewTopic(name, 4, replication) for name in extra if name not in existing]
         if new:
             await admin.create_topics(new)
     finally:

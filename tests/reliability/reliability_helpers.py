@@ -1,6 +1,7 @@
 """The pipeline as separate processes, to kill and restart: ``python -m fleetgate <service>``
-with ``FLEETGATE_*`` settings, on Tansu and s3rver (``devstack.infra``), webhooks to a real
-HTTP server in the test process."""
+with ``FLEETGATE_*`` settings, on a real Apache Kafka (the session's broker or a three-broker
+cluster, passed in) or a Tansu of its own (to restart it), and s3rver (``devstack.infra``),
+webhooks to a real HTTP server in the test process."""
 
 from __future__ import annotations
 
@@ -171,13 +172,17 @@ class Pipeline:
     s3_port: int = 0
     #: Tansu keeps topics in memory (lost on restart) or in s3rver's bucket "tansu" (kept).
     durable_broker: bool = False
+    #: Bootstrap of a running Kafka with fleetgate's topics (none: a Tansu of our own).
+    kafka: str | None = None
+    #: Extra FLEETGATE_* settings of every service (e.g. replication on a cluster).
+    common: dict[str, str] = field(default_factory=dict)
     broker: Process | None = None
     s3: Process | None = None
     services: list[Service] = field(default_factory=list)
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.kafka_port}"
+        return self.kafka or f"127.0.0.1:{self.kafka_port}"
 
     @property
     def s3_endpoint(self) -> str:
@@ -217,10 +222,12 @@ class Pipeline:
     def _common(self) -> dict[str, str]:
         return {
             "FLEETGATE_KAFKA_BOOTSTRAP": self.bootstrap,
+            # Tansu has no idempotent producer; real Kafka keeps the default (on).
+            **({} if self.kafka else {"FLEETGATE_KAFKA_ENABLE_IDEMPOTENCE": "false"}),
             "FLEETGATE_LOG_JSON": "true",
             "FLEETGATE_LOG_LEVEL": "INFO",
             "FLEETGATE_METRICS_PORT": "0",
-        }
+        } | self.common
 
     def _add(self, service: Service) -> Service:
         self.services.append(service)
@@ -323,17 +330,26 @@ class Pipeline:
 
 
 @contextlib.asynccontextmanager
-async def pipeline(workdir: Path, *, durable_broker: bool = False) -> Any:
-    """S3 with the bucket, a broker, a webhook receiver; services are started by the test."""
+async def pipeline(
+    workdir: Path,
+    *,
+    kafka: str | None = None,
+    durable_broker: bool = False,
+    common: dict[str, str] | None = None,
+) -> Any:
+    """S3 with the bucket, a broker (``kafka``, or a Tansu of its own), a webhook receiver;
+    services are started by the test."""
     with receiver() as hooks:
-        line = Pipeline(workdir, hooks, durable_broker=durable_broker)
+        line = Pipeline(workdir, hooks, durable_broker=durable_broker, kafka=kafka)
+        line.common = dict(common or {})
         try:
             line.start_s3()
             client = line.s3_client()
             for bucket in (BUCKET, "tansu") if durable_broker else (BUCKET,):
                 if not client.bucket_exists(bucket):
                     client.make_bucket(bucket)
-            await line.start_broker()
+            if kafka is None:
+                await line.start_broker()
             yield line
         finally:
             line.stop()
