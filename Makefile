@@ -99,7 +99,7 @@ bench: .venv ## Run the benchmarks (tests/bench/run.py)
 	$(BIN)/python tests/bench/run.py
 
 .PHONY: run
-run: .venv ## Run the pipeline on an embedded broker and S3 server (Ctrl-C stops it)
+run: .venv $(if $(filter kafka,$(FLEETGATE_BROKER)),$(KAFKA_STAMP)) ## Run the pipeline on an embedded broker and S3 server (Ctrl-C stops it; FLEETGATE_BROKER=kafka: on a local Apache Kafka)
 	$(BIN)/fleetgate devstack
 
 .PHONY: clean

@@ -64,7 +64,7 @@ logger.controller.level = warn
 """
 
 
-class KafkaMissing(RuntimeError):
+class KafkaMissing(FileNotFoundError):
     """No Java 17+ or no broker jars: the reason says what to install or run."""
 
 

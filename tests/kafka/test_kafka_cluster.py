@@ -203,24 +203,39 @@ async def test_rolling_restart_of_all_three_brokers_under_load(
     async with pipeline(tmp_path, kafka=cluster.bootstrap, common=CLUSTER_SETTINGS) as line:
         await start_pipeline_services(line)
         assert line.services[0].port is not None
-        config = cameras(line.services[0].port, seed=1202)
-        expected = expected_files(config)
-        upload = asyncio.create_task(simulate(config))
+        port = line.services[0].port
+        expected: dict[tuple[str, str], bytes] = {}
+        reports = []
+        rolling = True
+
+        async def load() -> None:
+            """Wave after wave of 20 cameras until the last broker is back."""
+            seed = 1300
+            while rolling:
+                config = cameras(port, seed=seed)
+                expected.update(expected_files(config))
+                reports.append(await simulate(config))
+                seed += 1
+
+        uploads = asyncio.create_task(load())
         await line.until(lambda: len(announced(line)) >= 3, 60, "the first files stored")
         began = time.monotonic()
         per_node = []
-        for node in cluster.nodes:
-            one = time.monotonic()
-            await asyncio.to_thread(cluster.stop, [node.node_id])  # SIGTERM: controlled
-            await asyncio.to_thread(cluster.start_node, node.node_id)
+        try:
+            for node in cluster.nodes:
+                one = time.monotonic()
+                await asyncio.to_thread(cluster.stop, [node.node_id])  # SIGTERM: controlled
+                await asyncio.to_thread(cluster.start_node, node.node_id)
 
-            async def back_in_isr() -> bool:
-                return all(n == 3 for n in await isr_sizes(cluster.bootstrap, Topic.CHUNKS))
+                async def back_in_isr() -> bool:
+                    return all(n == 3 for n in await isr_sizes(cluster.bootstrap, Topic.CHUNKS))
 
-            await wait_async(back_in_isr, 90, f"broker {node.node_id} back in every ISR")
-            per_node.append(round(time.monotonic() - one, 1))
+                await wait_async(back_in_isr, 90, f"broker {node.node_id} back in every ISR")
+                per_node.append(round(time.monotonic() - one, 1))
+        finally:
+            rolling = False
         rolled = time.monotonic() - began
-        report = await upload
+        await uploads
         await line.until(lambda: len(announced(line)) >= len(expected), 120, "every file stored")
         stored = time.monotonic() - began
         await asyncio.sleep(0.3)
@@ -232,9 +247,11 @@ async def test_rolling_restart_of_all_three_brokers_under_load(
         seconds_per_broker=per_node,
         roll_took_s=round(rolled, 1),
         all_stored_after_s=round(stored, 1),
-        reconnects=sum(d.reconnects for d in report.outcomes),
+        waves=len(reports),
+        reconnects=sum(d.reconnects for r in reports for d in r.outcomes),
         **result,
     )
-    assert report.ok, report.summary()
-    assert report.files_accepted == len(expected)
+    for report in reports:
+        assert report.ok, report.summary()
+    assert sum(r.files_accepted for r in reports) == len(expected)
     assert result == {"files": len(expected), "lost": 0, "corrupt": 0, "duplicates": 0}
