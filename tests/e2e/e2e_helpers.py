@@ -88,7 +88,8 @@ class Stack:
 
 
 @contextmanager
-def devstack(tmp_path: Path, connector_config: Path) -> Iterator[Stack]:
+def devstack(tmp_path: Path, connector_config: Path, kafka: str | None = None) -> Iterator[Stack]:
+    """``fleetgate devstack`` on its embedded Tansu, or on the running Kafka ``kafka``."""
     ports = {name: free_port() for name in ("camera", "kafka", "s3", "metrics")}
     env = os.environ | {
         "FLEETGATE_DATA_DIR": str(tmp_path / "data"),
@@ -100,6 +101,8 @@ def devstack(tmp_path: Path, connector_config: Path) -> Iterator[Stack]:
         "FLEETGATE_LOG_JSON": "true",
     }
     env.pop("FLEETGATE_KAFKA_BOOTSTRAP", None)
+    if kafka is not None:
+        env["FLEETGATE_KAFKA_BOOTSTRAP"] = kafka
     env.pop("FLEETGATE_S3_ENDPOINT", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "fleetgate", "devstack"],
