@@ -86,6 +86,12 @@ typecheck: .venv ## Type-check (mypy --strict on libs/camproto, mypy on everythi
 	$(BIN)/mypy --strict libs/camproto
 	$(BIN)/mypy libs services tests
 
+.PHONY: check
+check: .venv ## The fast layer for the edit-test loop: lint, then the tests without sockets or brokers
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -m fast -q -p no:cacheprovider
+
 .PHONY: test
 test: .venv $(KAFKA_IF_JAVA) lint typecheck ## Lint, type-check, then run the test suite (camproto >= 95% branch coverage)
 	$(BIN)/pytest --cov=camproto --cov-branch --cov-report=term --cov-fail-under=95

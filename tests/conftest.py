@@ -33,14 +33,36 @@ from devstack.kafka import KafkaCluster, SaslSslListener, java_missing_reason, s
 SASL_USERS = {"fleetgate": "fleetgate-secret"}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark what uses a real broker, so ``-m "not real_kafka"`` leaves it out."""
+#: The fast layer (``make check``): pure code, no sockets, no brokers, no child processes.
+FAST = (
+    "tests/camproto/",
+    "tests/contracts/",
+    "tests/test_readme.py",
+    "tests/assembler/test_assembler_agent.py",
+    "tests/assembler/test_assembler_keys.py",
+    "tests/assembler/test_assembler_state.py",
+    "tests/connector/test_connector_config.py",
+    "tests/connector/test_connector_units.py",
+    "tests/kafka/test_kafka_security.py::test_settings_check_what_goes_together",
+)
+#: Fixtures that start or reach infrastructure: a test using one is never in the fast layer.
+INFRASTRUCTURE = {"kafka", "kafka_broker", "kafka_cluster", "tansu", "s3"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark what uses a real broker (``-m "not real_kafka"`` leaves it out) and the fast
+    layer (``-m fast``)."""
+    root = Path(str(config.rootpath))
     for item in items:
-        names = getattr(item, "fixturenames", ())
-        if "kafka" in names or "kafka_broker" in names:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & {"kafka", "kafka_broker"}:
             item.add_marker(pytest.mark.real_kafka)
         if "kafka_cluster" in names:
             item.add_marker(pytest.mark.kafka_cluster)
+        where = Path(str(item.path)).relative_to(root).as_posix()
+        node = where + item.nodeid.partition("::")[1] + item.nodeid.partition("::")[2]
+        if not names & INFRASTRUCTURE and any(node.startswith(prefix) for prefix in FAST):
+            item.add_marker(pytest.mark.fast)
 
 
 def _require_java() -> None:
