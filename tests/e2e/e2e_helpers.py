@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack.infra import free_port
+from tests.helpers import eventually_sync
 
 
 @dataclass
@@ -138,9 +139,4 @@ def devstack(tmp_path: Path, connector_config: Path, kafka: str | None = None) -
             process.stdout.close()
 
 
-def wait_for(condition: Any, within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+wait_for = eventually_sync  # the shared helper (tests/helpers.py), under its old name

@@ -13,19 +13,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from contracts import Topic
 from contracts import models as wire
 from devstack.infra import create_topics
 from devstack.kafka import KafkaCluster
 from simulator import ContentSpec, Faults, Fleet, SimulationConfig, simulate
+from tests.helpers import eventually_async
 from tests.reliability.reliability_helpers import Pipeline, pipeline
 
+#: What a metadata query may raise while a broker dies: ask again.
+BROKER_GONE = (KafkaError, OSError)
 CAMERAS = 20
 CONTENT = ContentSpec(photos=1, videos=1, photo_size=60_000, video_size=700_000)
 #: Replicated like production: every topic on all three brokers.
@@ -57,19 +60,6 @@ async def isr_sizes(bootstrap: str, topic: str) -> list[int]:
         await admin.close()
 
 
-async def wait_async(check: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            if await check():
-                return
-        except Exception:  # a broker just died: its metadata answer may fail; ask again
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {within} s for {what}")
-        await asyncio.sleep(0.1)
-
-
 async def fresh_topics(cluster: KafkaCluster) -> None:
     """Every topic gone, then fleetgate's created with replication factor 3."""
     admin = AIOKafkaAdminClient(bootstrap_servers=cluster.bootstrap, request_timeout_ms=10000)
@@ -85,7 +75,7 @@ async def fresh_topics(cluster: KafkaCluster) -> None:
     async def full() -> bool:
         return all(n == 3 for n in await isr_sizes(cluster.bootstrap, Topic.CHUNKS))
 
-    await wait_async(full, 30, "chunk topic fully replicated")
+    await eventually_async(full, 30, "chunk topic fully replicated", retry_on=BROKER_GONE)
 
 
 async def start_pipeline_services(line: Pipeline) -> None:
@@ -161,7 +151,9 @@ async def test_leader_of_the_chunk_partitions_sigkilled_while_20_cameras_upload(
             now = await leaders(survivors, Topic.CHUNKS)
             return all(leader not in (-1, victim) for leader in now.values())
 
-        await wait_async(new_leaders, 60, "new leaders of the chunk partitions")
+        await eventually_async(
+            new_leaders, 60, "new leaders of the chunk partitions", retry_on=BROKER_GONE
+        )
         reelected = time.monotonic() - killed
         report = await upload
         uploaded = time.monotonic() - killed
@@ -176,7 +168,9 @@ async def test_leader_of_the_chunk_partitions_sigkilled_while_20_cameras_upload(
         async def caught_up() -> bool:
             return all(n == 3 for n in await isr_sizes(cluster.bootstrap, Topic.CHUNKS))
 
-        await wait_async(caught_up, 90, "the restarted broker back in every ISR")
+        await eventually_async(
+            caught_up, 90, "the restarted broker back in every ISR", retry_on=BROKER_GONE
+        )
         rejoined = time.monotonic() - restarted
     figure(
         "leader SIGKILL",
@@ -230,7 +224,12 @@ async def test_rolling_restart_of_all_three_brokers_under_load(
                 async def back_in_isr() -> bool:
                     return all(n == 3 for n in await isr_sizes(cluster.bootstrap, Topic.CHUNKS))
 
-                await wait_async(back_in_isr, 90, f"broker {node.node_id} back in every ISR")
+                await eventually_async(
+                    back_in_isr,
+                    90,
+                    f"broker {node.node_id} back in every ISR",
+                    retry_on=BROKER_GONE,
+                )
                 per_node.append(round(time.monotonic() - one, 1))
         finally:
             rolling = False

@@ -5,7 +5,6 @@ webhooks to a real HTTP server in the test process."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -13,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +34,7 @@ from devstack.infra import (
 )
 from simulator import ContentSpec, Fleet, SimulationConfig
 from tests.e2e.e2e_helpers import Receiver, receiver
+from tests.helpers import eventually
 
 BUCKET = "fleetgate"
 
@@ -146,14 +145,6 @@ class Service:
                 return sock.connect_ex(("127.0.0.1", self.port or 0)) == 0
 
         await eventually(up, within, f"{self.name} listening")
-
-
-async def eventually(condition: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {within} s for {what}")
-        await asyncio.sleep(0.05)
 
 
 # Webhooks ------------------------------------------------------------------------------------

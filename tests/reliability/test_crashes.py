@@ -16,8 +16,9 @@ from pathlib import Path
 
 from camproto import DATA_CHUNK, CameraDevice, crc16
 from simulator import ContentSpec, Faults, Fleet, SimulationConfig, simulate
+from tests.helpers import eventually
 from tests.ingestor.ingestor_helpers import Hopper, read_progress
-from tests.reliability.reliability_helpers import camera_file, eventually, pipeline
+from tests.reliability.reliability_helpers import camera_file, pipeline
 
 MB = 1_000_000
 
