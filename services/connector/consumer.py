@@ -124,8 +124,9 @@ class Publisher:
 
     ``acks=all``, and :meth:`send` returns only once the broker has the record (retrying a
     failed write with backoff), so the offset of what caused the write can then be committed.
-    No idempotent producer (Tansu has none): a crash between write and commit can duplicate
-    a retry record or a dead letter, never lose one.
+    Idempotent by default (``kafka_enable_idempotence``): a send retried after a leader
+    change is written once. A crash between write and commit can still duplicate a retry
+    record or a dead letter, never lose one.
     """
 
     def __init__(self, settings: ConnectorSettings) -> None:
