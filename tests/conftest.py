@@ -26,7 +26,15 @@ from aiokafka.admin import AIOKafkaAdminClient
 from cryptography.hazmat.primitives import serialization
 from minio import Minio
 
-from devstack.infra import S3RVER_KEY, create_topics, start_s3rver, start_tansu, wait_kafka
+from devstack.infra import (
+    DEFAULT_PARTITIONS,
+    S3RVER_KEY,
+    TopicsNotCreated,
+    create_topics,
+    start_s3rver,
+    start_tansu,
+    wait_kafka,
+)
 from devstack.kafka import KafkaCluster, SaslSslListener, java_missing_reason, start_kafka
 
 #: SASL users of the session broker's SASL_SSL listener (PLAIN and both SCRAM mechanisms).
@@ -148,19 +156,28 @@ async def reset_kafka(bootstrap: str, within: float = 30.0) -> None:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"topics not deleted within {within} s")
                 await asyncio.sleep(0.05)
-        await create_topics(bootstrap)
-        # Created is not yet served: wait until the broker leads every partition.
+        # Created is not yet served: wait until the broker leads every partition. A busy
+        # broker may answer a creation with a timeout and go on creating: ask again.
         deadline = time.monotonic() + within
-        while not await _all_led(admin):
+        failure: Exception | None = None
+        while True:
+            try:
+                await create_topics(bootstrap)
+            except TopicsNotCreated as exc:
+                failure = exc
+            if await _all_led(admin):
+                return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"topics without a leader after {within} s")
-            await asyncio.sleep(0.05)
+                raise TimeoutError(f"fleetgate's topics not served after {within} s: {failure}")
+            await asyncio.sleep(0.1)
     finally:
         await admin.close()
 
 
 async def _all_led(admin: AIOKafkaAdminClient) -> bool:
     names = [t for t in await admin.list_topics() if not t.startswith("__")]
+    if not {str(t) for t in DEFAULT_PARTITIONS} <= set(names):
+        return False
     for topic in await admin.describe_topics(names):
         if topic["error_code"] or any(
             p["error_code"] or p["leader"] < 0 for p in topic["partitions"]

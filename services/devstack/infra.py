@@ -32,6 +32,7 @@ __all__ = [
     "BrokerStorage",
     "PortInUse",
     "Process",
+    "TopicsNotCreated",
     "create_topics",
     "ensure_free",
     "free_port",
@@ -217,6 +218,14 @@ async def wait_kafka(bootstrap: str, within: float = 20.0) -> None:
             await admin.close()
 
 
+#: CreateTopics error code of a topic that exists (someone else created it meanwhile): fine.
+TOPIC_ALREADY_EXISTS = 36
+
+
+class TopicsNotCreated(RuntimeError):
+    """The broker refused to create some of fleetgate's topics (the message says which, why)."""
+
+
 #: Partitions per topic in the embedded default; production sizes its own. The connector's
 #: retry topics (one per step of the default schedule), dead letters and replay outcomes too.
 DEFAULT_PARTITIONS: dict[str, int] = {
@@ -251,6 +260,13 @@ async def create_topics(
         ]
         new += [NewTopic(name, 4, replication) for name in extra if name not in existing]
         if new:
-            await admin.create_topics(new)
+            response = await admin.create_topics(new)
+            failed = [
+                f"{topic}: error {code} {message or ''}".strip()
+                for topic, code, message in response.topic_errors
+                if code not in (0, TOPIC_ALREADY_EXISTS)
+            ]
+            if failed:  # aiokafka returns per-topic errors instead of raising them
+                raise TopicsNotCreated("; ".join(failed))
     finally:
         await admin.close()

@@ -19,6 +19,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from connector.settings import ConnectorSettings
 from contracts import Topic
 from contracts import models as wire
 from devstack.infra import create_topics
@@ -253,4 +254,63 @@ async def test_rolling_restart_of_all_three_brokers_under_load(
     for report in reports:
         assert report.ok, report.summary()
     assert sum(r.files_accepted for r in reports) == len(expected)
+    assert result == {"files": len(expected), "lost": 0, "corrupt": 0, "duplicates": 0}
+
+
+async def coordinator(bootstrap: str, group: str) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    await admin.start()
+    try:
+        node: int = await admin.find_coordinator(group)
+        return node
+    finally:
+        await admin.close()
+
+
+async def test_broker_down_while_the_assembler_stores_and_the_connector_delivers(
+    kafka_cluster: KafkaCluster, tmp_path: Path
+) -> None:
+    """The files are all in Kafka; webhooks are held at the endpoint; then the broker that
+    coordinates the connector's consumer group is SIGKILLed and the endpoint let go."""
+    cluster = kafka_cluster
+    await fresh_topics(cluster)
+    async with pipeline(tmp_path, kafka=cluster.bootstrap, common=CLUSTER_SETTINGS) as line:
+        await start_pipeline_services(line)
+        assert line.services[0].port is not None
+        line.hooks.hold.clear()  # the endpoint keeps every POST waiting
+        port = line.services[0].port
+        config = SimulationConfig(port=port, devices=CAMERAS, content=CONTENT, seed=1203)
+        expected = expected_files(config)
+        report = await simulate(config)  # every device heard "done": all of it is in Kafka
+        assert report.ok, report.summary()
+        await line.until(lambda: line.hooks.held >= 1, 60, "a webhook held at the endpoint")
+        group = f"{ConnectorSettings().connector_group_prefix}-platform"
+        victim = await coordinator(cluster.bootstrap, group)
+        assembler_coordinator = await coordinator(cluster.bootstrap, "fleetgate-assembler")
+        files_leaders = await leaders(cluster.bootstrap, Topic.FILES)
+        stored_before = len(line.objects())
+        killed = time.monotonic()
+        cluster.kill(victim)
+        line.hooks.hold.set()  # the endpoint answers again, with the broker down
+        await line.until(lambda: len(announced(line)) >= len(expected), 120, "every webhook")
+        recovered = time.monotonic() - killed
+        await asyncio.sleep(0.3)
+        result = verdict(line, expected)
+        cluster.start_node(victim)
+
+        async def caught_up() -> bool:
+            return all(n == 3 for n in await isr_sizes(cluster.bootstrap, Topic.CHUNKS))
+
+        await eventually_async(caught_up, 90, "the restarted broker back", retry_on=BROKER_GONE)
+    figure(
+        "broker down while storing and delivering",
+        cameras=CAMERAS,
+        killed_node=victim,
+        it_coordinated="connector group"
+        + (" and assembler group" if assembler_coordinator == victim else ""),
+        files_partitions_it_led=sum(1 for leader in files_leaders.values() if leader == victim),
+        objects_stored_before_kill=f"{stored_before}/{len(expected)}",
+        all_delivered_after_s=round(recovered, 2),
+        **result,
+    )
     assert result == {"files": len(expected), "lost": 0, "corrupt": 0, "duplicates": 0}
