@@ -270,19 +270,19 @@ async def coordinator(bootstrap: str, group: str) -> int:
 async def test_broker_down_while_the_assembler_stores_and_the_connector_delivers(
     kafka_cluster: KafkaCluster, tmp_path: Path
 ) -> None:
-    """The files are all in Kafka; webhooks are held at the endpoint; then the broker that
-    coordinates the connector's consumer group is SIGKILLed and the endpoint let go."""
+    """Webhooks are held at the endpoint while 20 cameras upload; once the first file is
+    stored, the broker that coordinates the connector's consumer group is SIGKILLed; the
+    uploads and the storing go on, then the endpoint is let go, the broker still down."""
     cluster = kafka_cluster
     await fresh_topics(cluster)
     async with pipeline(tmp_path, kafka=cluster.bootstrap, common=CLUSTER_SETTINGS) as line:
         await start_pipeline_services(line)
         assert line.services[0].port is not None
         line.hooks.hold.clear()  # the endpoint keeps every POST waiting
-        port = line.services[0].port
-        config = SimulationConfig(port=port, devices=CAMERAS, content=CONTENT, seed=1203)
+        config = cameras(line.services[0].port, seed=1203)
         expected = expected_files(config)
-        report = await simulate(config)  # every device heard "done": all of it is in Kafka
-        assert report.ok, report.summary()
+        upload = asyncio.create_task(simulate(config))
+        # The first files are stored and their webhooks held; the rest is still on its way.
         await line.until(lambda: line.hooks.held >= 1, 60, "a webhook held at the endpoint")
         group = f"{ConnectorSettings().connector_group_prefix}-platform"
         victim = await coordinator(cluster.bootstrap, group)
@@ -291,7 +291,8 @@ async def test_broker_down_while_the_assembler_stores_and_the_connector_delivers
         stored_before = len(line.objects())
         killed = time.monotonic()
         cluster.kill(victim)
-        line.hooks.hold.set()  # the endpoint answers again, with the broker down
+        report = await upload  # the assembler goes on storing, with the broker down
+        line.hooks.hold.set()  # the endpoint answers again, the broker still down
         await line.until(lambda: len(announced(line)) >= len(expected), 120, "every webhook")
         recovered = time.monotonic() - killed
         await asyncio.sleep(0.3)
@@ -313,4 +314,6 @@ async def test_broker_down_while_the_assembler_stores_and_the_connector_delivers
         all_delivered_after_s=round(recovered, 2),
         **result,
     )
+    assert report.ok, report.summary()
+    assert report.files_accepted == len(expected)
     assert result == {"files": len(expected), "lost": 0, "corrupt": 0, "duplicates": 0}
