@@ -29,6 +29,7 @@ S3RVER_KEY = "S3RVER"
 
 __all__ = [
     "S3RVER_KEY",
+    "TANSU_CLIENT_ENV",
     "BrokerStorage",
     "PortInUse",
     "Process",
@@ -64,6 +65,12 @@ def ensure_free(port: int, what: str) -> None:
             sock.bind(("127.0.0.1", port))
         except OSError:
             raise PortInUse(f"port {port} for {what} is in use (set another port)") from None
+
+
+#: What the services must be told when their broker is Tansu (it has no idempotent producer):
+#: the one place this workaround lives; whatever runs the services on Tansu adds it to their
+#: environment, and nothing else does.
+TANSU_CLIENT_ENV: dict[str, str] = {"FLEETGATE_KAFKA_ENABLE_IDEMPOTENCE": "false"}
 
 
 def tansu_binary() -> Path:

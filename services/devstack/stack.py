@@ -24,6 +24,7 @@ from runtime import CommonSettings, configure_logging
 
 from .infra import (
     S3RVER_KEY,
+    TANSU_CLIENT_ENV,
     BrokerStorage,
     PortInUse,
     Process,
@@ -140,8 +141,7 @@ class Stack:
         tansu = not external_kafka and s.broker == "tansu"
         env = {
             "FLEETGATE_KAFKA_BOOTSTRAP": bootstrap,
-            # Tansu has no idempotent producer (external brokers: as the environment says).
-            **({"FLEETGATE_KAFKA_ENABLE_IDEMPOTENCE": "false"} if tansu else {}),
+            **(TANSU_CLIENT_ENV if tansu else {}),  # external brokers: as the environment says
             "FLEETGATE_S3_ENDPOINT": endpoint,
             "FLEETGATE_S3_ACCESS_KEY": s.s3_access_key,
             "FLEETGATE_S3_SECRET_KEY": s.s3_secret_key,

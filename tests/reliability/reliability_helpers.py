@@ -23,6 +23,7 @@ from camproto import DeviceFile
 from devstack.infra import (
     S3RVER,
     S3RVER_KEY,
+    TANSU_CLIENT_ENV,
     BrokerStorage,
     Process,
     create_topics,
@@ -213,8 +214,7 @@ class Pipeline:
     def _common(self) -> dict[str, str]:
         return {
             "FLEETGATE_KAFKA_BOOTSTRAP": self.bootstrap,
-            # Tansu has no idempotent producer; real Kafka keeps the default (on).
-            **({} if self.kafka else {"FLEETGATE_KAFKA_ENABLE_IDEMPOTENCE": "false"}),
+            **({} if self.kafka else TANSU_CLIENT_ENV),
             "FLEETGATE_LOG_JSON": "true",
             "FLEETGATE_LOG_LEVEL": "INFO",
             "FLEETGATE_METRICS_PORT": "0",
