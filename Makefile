@@ -51,6 +51,24 @@ lock: | $(UV) ## Re-resolve requirements/dev.txt after editing pyproject.toml (k
 lock-upgrade: LOCK_FLAGS = --upgrade
 lock-upgrade: lock ## Re-resolve requirements/dev.txt taking the newest allowed versions
 
+# Real Apache Kafka (KRaft) for the tests and FLEETGATE_BROKER=kafka: jars pinned in
+# deploy/kafka/pom.xml, copied from Maven Central once (again only when the pom changes).
+KAFKA_LIB   := .cache/kafka/lib
+KAFKA_STAMP := $(KAFKA_LIB)/.copied.stamp
+JAVA        := $(shell command -v java 2>/dev/null)
+$(KAFKA_STAMP): deploy/kafka/pom.xml
+	@command -v mvn >/dev/null || { echo "make kafka needs Maven (mvn) and Java 17+" >&2; exit 1; }
+	rm -rf $(KAFKA_LIB)
+	mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies \
+		-DincludeScope=runtime -DoutputDirectory=$(CURDIR)/$(KAFKA_LIB)
+	@touch $@
+
+.PHONY: kafka
+kafka: $(KAFKA_STAMP) ## Fetch the pinned Apache Kafka broker jars (cheap when nothing changed)
+
+# Where Java is present the real-Kafka tests run, so their broker is fetched first.
+KAFKA_IF_JAVA := $(if $(JAVA),$(KAFKA_STAMP))
+
 # --- checks ------------------------------------------------------------------------------------
 
 .PHONY: fmt
@@ -69,8 +87,14 @@ typecheck: .venv ## Type-check (mypy --strict on the protocol cores, mypy on eve
 	$(BIN)/mypy --strict libs/dmtproto
 	$(BIN)/mypy libs services tests
 
+.PHONY: check
+check: .venv ## The fast layer for the edit-test loop: lint, then the tests without sockets or brokers
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -m fast -q -p no:cacheprovider
+
 .PHONY: test
-test: .venv lint typecheck ## Lint, type-check, then run the test suite (protocol cores >= 95% branch coverage)
+test: .venv $(KAFKA_IF_JAVA) lint typecheck ## Lint, type-check, then run the test suite (protocol cores >= 95% branch coverage)
 	$(BIN)/pytest --cov=camproto --cov=dmtproto --cov-branch --cov-report=term --cov-fail-under=95
 
 .PHONY: cov
@@ -82,7 +106,7 @@ bench: .venv ## Run the benchmarks (tests/bench/run.py)
 	$(BIN)/python tests/bench/run.py
 
 .PHONY: run
-run: .venv ## Run the pipeline on an embedded broker and S3 server (Ctrl-C stops it)
+run: .venv $(if $(filter kafka,$(FLEETGATE_BROKER)),$(KAFKA_STAMP)) ## Run the pipeline on an embedded broker and S3 server (Ctrl-C stops it; FLEETGATE_BROKER=kafka: on a local Apache Kafka)
 	$(BIN)/fleetgate devstack
 
 .PHONY: clean

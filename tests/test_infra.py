@@ -25,9 +25,9 @@ from devstack.infra import (
 from tests.conftest import S3
 
 
-def test_topics_exist_with_their_partitions(kafka: str) -> None:
+def test_topics_exist_with_their_partitions(tansu: str) -> None:
     async def main() -> dict[str, int]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+        admin = AIOKafkaAdminClient(bootstrap_servers=tansu)
         await admin.start()
         try:
             described = await admin.describe_topics([str(t) for t in DEFAULT_PARTITIONS])
@@ -40,9 +40,9 @@ def test_topics_exist_with_their_partitions(kafka: str) -> None:
     assert described == {str(t): n for t, n in DEFAULT_PARTITIONS.items()}
 
 
-def test_records_round_trip_with_acks_all(kafka: str) -> None:
+def test_records_round_trip_with_acks_all(tansu: str) -> None:
     async def main() -> list[tuple[bytes, bytes, dict[str, bytes]]]:
-        producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all")
+        producer = AIOKafkaProducer(bootstrap_servers=tansu, acks="all")
         await producer.start()
         try:
             for i in range(3):
@@ -52,7 +52,7 @@ def test_records_round_trip_with_acks_all(kafka: str) -> None:
         finally:
             await producer.stop()
         consumer = AIOKafkaConsumer(
-            str(Topic.FILES), bootstrap_servers=kafka, auto_offset_reset="earliest"
+            str(Topic.FILES), bootstrap_servers=tansu, auto_offset_reset="earliest"
         )
         await consumer.start()
         try:

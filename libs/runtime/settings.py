@@ -9,21 +9,21 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from .kafka import KafkaSettings
 
 __all__ = ["CommonSettings", "S3Settings", "split_s3_endpoint", "split_s3_url"]
 
 
-class CommonSettings(BaseSettings):
+class CommonSettings(KafkaSettings):
     """Read from ``FLEETGATE_*`` environment variables (``FLEETGATE_KAFKA_BOOTSTRAP`` ...)."""
 
     model_config = SettingsConfigDict(
         env_prefix="FLEETGATE_", env_nested_delimiter="__", extra="ignore"
     )
 
-    kafka_bootstrap: str = Field(
-        "127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated host:port"
-    )
+    # kafka_*: the shared Kafka client settings, see runtime.kafka.KafkaSettings.
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_json: bool | None = Field(
         None, description="JSON log lines; default: JSON unless stderr is a terminal"

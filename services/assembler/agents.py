@@ -26,6 +26,7 @@ from faust.types import TP, EventT, StreamT
 
 from contracts import FileFailed, FileStored, RecordKind, Topic, encode
 from contracts.models import TransferStart
+from runtime.kafka import client_kwargs
 
 from . import keys, metrics
 from .health import S3Watch
@@ -66,7 +67,7 @@ class Rewinder:
         if self._consumer is None:
             size = self._settings.max_record_bytes
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=self._settings.kafka_bootstrap,
+                **client_kwargs(self._settings),
                 client_id=f"{self._settings.app_id}-rewind",
                 group_id=None,
                 enable_auto_commit=False,

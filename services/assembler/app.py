@@ -19,6 +19,8 @@ from pathlib import Path
 import faust
 import structlog
 
+from runtime.kafka import faust_app
+
 from . import metrics
 from .agents import Assembler, Rewinder
 from .health import S3Watch, install
@@ -32,10 +34,9 @@ _log = structlog.get_logger("fleetgate.assembler")
 
 
 def create_app(settings: AssemblerSettings, datadir: Path) -> faust.App:
-    brokers = [f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")]
-    return faust.App(
+    return faust_app(
+        settings,
         settings.app_id,
-        broker=brokers,
         broker_client_id=settings.app_id,
         store="memory://",
         datadir=str(datadir),

@@ -54,6 +54,7 @@ from contracts import (
     decode,
     encode,
 )
+from runtime.kafka import client_kwargs, producer_kwargs
 
 from . import metrics
 from .config import ConnectorConfig, Endpoint
@@ -123,15 +124,15 @@ class Publisher:
 
     ``acks=all``, and :meth:`send` returns only once the broker has the record (retrying a
     failed write with backoff), so the offset of what caused the write can then be committed.
-    No idempotent producer (Tansu has none): a crash between write and commit can duplicate
-    a retry record or a dead letter, never lose one.
+    Idempotent by default (``kafka_enable_idempotence``): a send retried after a leader
+    change is written once. A crash between write and commit can still duplicate a retry
+    record or a dead letter, never lose one.
     """
 
     def __init__(self, settings: ConnectorSettings) -> None:
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
+            **producer_kwargs(settings),
             client_id="fleetgate-connector",
-            acks="all",
             linger_ms=2,
         )
 
@@ -256,7 +257,7 @@ class EndpointWorker:
         self.backlog = _Backlog(endpoint.name)
         self.group = f"{settings.connector_group_prefix}-{endpoint.name}"
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
+            **client_kwargs(settings),
             group_id=self.group,
             client_id=f"fleetgate-connector-{endpoint.name}",
             enable_auto_commit=False,
@@ -614,7 +615,7 @@ class EndpointWorker:
 async def ensure_topics(settings: ConnectorSettings, config: ConnectorConfig) -> None:
     """Create the retry, dead-letter and replay topics that do not exist yet."""
     wanted = [*config.retry.topics, str(Topic.DEADLETTER), str(Topic.REPLAYS)]
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

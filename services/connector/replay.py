@@ -33,6 +33,7 @@ from contracts import (
     decode,
     encode,
 )
+from runtime.kafka import client_kwargs, partitions_of, producer_kwargs
 
 from .config import ConnectorConfig, Endpoint
 from .consumer import webhook_body
@@ -86,7 +87,7 @@ class ReplayReport:
 async def scan(settings: ConnectorSettings, topic: str) -> AsyncIterator[Any]:
     """Every record of ``topic``, partition by partition interleaved, up to its current end."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **client_kwargs(settings),
         client_id="fleetgate-connector-replay",
         group_id=None,
         enable_auto_commit=False,
@@ -94,8 +95,7 @@ async def scan(settings: ConnectorSettings, topic: str) -> AsyncIterator[Any]:
     )
     await consumer.start()
     try:
-        await consumer.topics()  # loads the metadata
-        partitions = consumer.partitions_for_topic(topic) or set()
+        partitions = await partitions_of(consumer, topic)
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         if not tps:
             return
@@ -261,11 +261,7 @@ async def replay(
         raise KeyError(endpoint_name)
     mode: Literal["dead-letters", "since"] = "dead-letters" if since is None else "since"
     report = ReplayReport(endpoint_name, mode)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        client_id="fleetgate-connector-replay",
-        acks="all",
-    )
+    producer = AIOKafkaProducer(**producer_kwargs(settings), client_id="fleetgate-connector-replay")
     own_client = client is None
     http = client or EndpointClient(endpoint)
     await producer.start()

@@ -29,9 +29,11 @@ S3RVER_KEY = "S3RVER"
 
 __all__ = [
     "S3RVER_KEY",
+    "TANSU_CLIENT_ENV",
     "BrokerStorage",
     "PortInUse",
     "Process",
+    "TopicsNotCreated",
     "create_topics",
     "ensure_free",
     "free_port",
@@ -63,6 +65,12 @@ def ensure_free(port: int, what: str) -> None:
             sock.bind(("127.0.0.1", port))
         except OSError:
             raise PortInUse(f"port {port} for {what} is in use (set another port)") from None
+
+
+#: What the services must be told when their broker is Tansu (it has no idempotent producer):
+#: the one place this workaround lives; whatever runs the services on Tansu adds it to their
+#: environment, and nothing else does.
+TANSU_CLIENT_ENV: dict[str, str] = {"FLEETGATE_KAFKA_ENABLE_IDEMPOTENCE": "false"}
 
 
 def tansu_binary() -> Path:
@@ -217,6 +225,14 @@ async def wait_kafka(bootstrap: str, within: float = 20.0) -> None:
             await admin.close()
 
 
+#: CreateTopics error code of a topic that exists (someone else created it meanwhile): fine.
+TOPIC_ALREADY_EXISTS = 36
+
+
+class TopicsNotCreated(RuntimeError):
+    """The broker refused to create some of fleetgate's topics (the message says which, why)."""
+
+
 #: Partitions per topic in the embedded default; production sizes its own. The connector's
 #: retry topics (one per step of the default schedule), dead letters and replay outcomes too.
 DEFAULT_PARTITIONS: dict[str, int] = {
@@ -231,7 +247,10 @@ DEFAULT_PARTITIONS: dict[str, int] = {
 
 
 async def create_topics(
-    bootstrap: str, partitions: Mapping[str, int] | None = None, extra: Sequence[str] = ()
+    bootstrap: str,
+    partitions: Mapping[str, int] | None = None,
+    extra: Sequence[str] = (),
+    replication: int = 1,
 ) -> None:
     """Create fleetgate's topics (those that exist already are left alone)."""
     wanted = partitions or DEFAULT_PARTITIONS
@@ -240,12 +259,21 @@ async def create_topics(
     try:
         existing = set(await admin.list_topics())
         new = [
-            NewTopic(str(topic), count, 1, topic_configs=dict(TOPIC_CONFIGS.get(topic, {})))
+            NewTopic(
+                str(topic), count, replication, topic_configs=dict(TOPIC_CONFIGS.get(topic, {}))
+            )
             for topic, count in wanted.items()
             if topic not in existing
         ]
-        new += [NewTopic(name, 4, 1) for name in extra if name not in existing]
+        new += [NewTopic(name, 4, replication) for name in extra if name not in existing]
         if new:
-            await admin.create_topics(new)
+            response = await admin.create_topics(new)
+            failed = [
+                f"{topic}: error {code} {message or ''}".strip()
+                for topic, code, message in response.topic_errors
+                if code not in (0, TOPIC_ALREADY_EXISTS)
+            ]
+            if failed:  # aiokafka returns per-topic errors instead of raising them
+                raise TopicsNotCreated("; ".join(failed))
     finally:
         await admin.close()

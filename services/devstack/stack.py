@@ -33,6 +33,7 @@ from runtime import CommonSettings, configure_logging
 
 from .infra import (
     S3RVER_KEY,
+    TANSU_CLIENT_ENV,
     BrokerStorage,
     PortInUse,
     Process,
@@ -42,6 +43,7 @@ from .infra import (
     start_tansu,
     wait_kafka,
 )
+from .kafka import start_kafka
 from .lag import LagReader, describe
 from .supervisor import Backoff, Supervised
 
@@ -51,6 +53,9 @@ class DevstackSettings(CommonSettings):
     camera_port: int = Field(5232, description="device TCP port of the ingestor")
     kafka_port: int = Field(9092, description="port of the embedded broker (if started)")
     s3_port: int = Field(9000, description="port of the embedded S3 server (if started)")
+    broker: Literal["tansu", "kafka"] = Field(
+        "tansu", description="embedded Tansu, or a local Apache Kafka (needs Java 17, make kafka)"
+    )
     broker_storage: Literal["memory", "s3"] = Field(
         "memory",
         description="embedded broker keeps topics in memory (fast, gone on restart) or in the "
@@ -168,6 +173,11 @@ class Stack:
         external_kafka = "FLEETGATE_KAFKA_BOOTSTRAP" in os.environ
         if external_kafka:
             bootstrap = s.kafka_bootstrap
+        elif s.broker == "kafka":  # real Apache Kafka from `make kafka`'s jars
+            cluster = start_kafka(data / "kafka", port=s.kafka_port or None)
+            # Stopped after the services, like the embedded broker (dies: the stack stops).
+            self.infra.extend(node.process for node in cluster.nodes if node.process)
+            bootstrap = cluster.bootstrap
         else:
             storage = BrokerStorage(
                 s3_endpoint=endpoint.removeprefix("http://") if s.broker_storage == "s3" else None,
@@ -200,8 +210,10 @@ class Stack:
                 {},
             ).wait_port()
 
+        tansu = not external_kafka and s.broker == "tansu"
         env = {
             "FLEETGATE_KAFKA_BOOTSTRAP": bootstrap,
+            **(TANSU_CLIENT_ENV if tansu else {}),  # external brokers: as the environment says
             "FLEETGATE_S3_ENDPOINT": endpoint,
             "FLEETGATE_S3_ACCESS_KEY": s.s3_access_key,
             "FLEETGATE_S3_SECRET_KEY": s.s3_secret_key,
@@ -227,6 +239,8 @@ class Stack:
         ingestor.wait_port()  # the ingestor's camera port is open: devices can come
         if external_kafka:
             kafka = bootstrap
+        elif s.broker == "kafka":
+            kafka = f"{bootstrap} (local Apache Kafka, KRaft)"
         elif s.broker_storage == "s3":
             kafka = f"{bootstrap} (embedded Tansu, topics kept in s3://tansu)"
         else:

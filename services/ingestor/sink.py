@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 
+from runtime.kafka import producer_kwargs
+
 from . import metrics
 from .settings import IngestorSettings
 
@@ -45,8 +47,7 @@ class KafkaSink:
 
     def __init__(self, settings: IngestorSettings) -> None:
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            acks="all",
+            **producer_kwargs(settings),
             linger_ms=settings.kafka_linger_ms,
             max_request_size=settings.kafka_max_request_bytes,
             max_batch_size=256 * 1024,

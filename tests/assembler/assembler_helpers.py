@@ -7,14 +7,13 @@ of at most 64 KiB, each with fg-offset, fg-crc-init, fg-crc, fg-file-crc and fg-
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +34,7 @@ from contracts import (
     transfer_id,
 )
 from contracts.models import FileEvent, Media
+from tests.helpers import eventually, eventually_async
 
 PACKET = 1024
 RECORD_BYTES = 64 * 1024
@@ -324,20 +324,8 @@ class AssemblerProcess:
             self.popen.wait()
 
 
-async def wait_for(condition: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {within} s for {what}")
-        await asyncio.sleep(0.1)
-
-
-async def wait_until(condition: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {within} s for {what}")
-        await asyncio.sleep(0.2)
+wait_for = eventually  # the shared helpers (tests/helpers.py), under this module's old names
+wait_until = eventually_async
 
 
 def objects(client: Any, bucket: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from connector.settings import ConnectorSettings
 from contracts import DeadLetter, FileFailed, FileInfo, FileStored, Topic, encode
 from contracts.models import Camera, Media
 from tests.conftest import S3
+from tests.helpers import eventually, eventually_sync
 
 #: No test waits longer than this for a condition.
 DEADLINE = 20.0
@@ -177,20 +178,13 @@ def receivers() -> Iterator[Callable[..., Receiver]]:
 
 
 async def wait_for(condition: Callable[[], bool], what: str, within: float = DEADLINE) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.02)
+    """:func:`tests.helpers.eventually` with this module's argument order and deadline."""
+    await eventually(condition, within, what)
 
 
 def wait_until(condition: Callable[[], bool], what: str, within: float = DEADLINE) -> None:
-    """:func:`wait_for` outside an event loop."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        time.sleep(0.02)
+    """:func:`tests.helpers.eventually_sync` with this module's argument order and deadline."""
+    eventually_sync(condition, within, what)
 
 
 def metric(name: str, **labels: str) -> float:

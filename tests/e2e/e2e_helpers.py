@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack.infra import free_port
+from tests.helpers import eventually_sync
 
 
 @dataclass
@@ -89,7 +90,8 @@ class Stack:
 
 
 @contextmanager
-def devstack(tmp_path: Path, connector_config: Path) -> Iterator[Stack]:
+def devstack(tmp_path: Path, connector_config: Path, kafka: str | None = None) -> Iterator[Stack]:
+    """``fleetgate devstack`` on its embedded Tansu, or on the running Kafka ``kafka``."""
     ports = {name: free_port() for name in ("camera", "kafka", "s3", "metrics")}
     env = os.environ | {
         "FLEETGATE_DATA_DIR": str(tmp_path / "data"),
@@ -101,6 +103,8 @@ def devstack(tmp_path: Path, connector_config: Path) -> Iterator[Stack]:
         "FLEETGATE_LOG_JSON": "true",
     }
     env.pop("FLEETGATE_KAFKA_BOOTSTRAP", None)
+    if kafka is not None:
+        env["FLEETGATE_KAFKA_BOOTSTRAP"] = kafka
     env.pop("FLEETGATE_S3_ENDPOINT", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "fleetgate", "devstack"],
@@ -137,9 +141,4 @@ def devstack(tmp_path: Path, connector_config: Path) -> Iterator[Stack]:
             process.stdout.close()
 
 
-def wait_for(condition: Any, within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+wait_for = eventually_sync  # the shared helper (tests/helpers.py), under its old name

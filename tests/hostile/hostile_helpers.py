@@ -21,6 +21,9 @@ from camproto import CameraDevice, FileAccepted
 from contracts import Topic
 from contracts import models as wire
 from simulator import ContentSpec, Fleet, SimulationConfig
+from tests.helpers import eventually
+
+wait_for = eventually  # the shared helper (tests/helpers.py), under its old name
 
 #: The device INIT: command 0, protocol id, IMEI, settings (no length field).
 INIT = struct.Struct(">HHQI")
@@ -68,15 +71,6 @@ def rss_bytes() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-async def wait_for(condition: Callable[[], bool], within: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within:g} s: {what}")
-        await asyncio.sleep(0.02)
 
 
 @dataclass

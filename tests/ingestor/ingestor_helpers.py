@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -309,15 +308,6 @@ class Hopper:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
-
-
-async def eventually(condition: Callable[[], bool], within: float, what: str) -> None:
-    """Wait until ``condition()`` holds (checked every 20 ms); TimeoutError after ``within``."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {within} s for {what}")
-        await asyncio.sleep(0.02)
 
 
 def dualcam_video(

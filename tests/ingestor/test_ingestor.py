@@ -160,7 +160,13 @@ async def test_broker_gone_means_nothing_is_confirmed(tmp_path: Path) -> None:
     try:
         await wait_kafka(bootstrap)
         await create_topics(bootstrap)
-        config = settings(bootstrap, ack_timeout_seconds=1.0, kafka_request_timeout_ms=1500)
+        # On Tansu (a broker of our own to kill), which has no idempotent producer.
+        config = settings(
+            bootstrap,
+            ack_timeout_seconds=1.0,
+            kafka_request_timeout_ms=1500,
+            kafka_enable_idempotence=False,
+        )
         async with running(config) as ingestor:
             assert ingestor.port is not None
             broker.kill()  # SIGKILL: the broker is gone, the ingestor is not told

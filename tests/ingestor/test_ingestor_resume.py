@@ -14,12 +14,12 @@ from contracts import models as wire
 from ingestor.camera.progress import ProgressBook, ProgressReader, supersedes
 from ingestor.server import Ingestor
 from simulator import ContentSpec, Faults, Fleet, SimulationConfig, simulate
+from tests.helpers import eventually
 from tests.ingestor.ingestor_helpers import (
     Hopper,
     book,
     dsm_video,
     dualcam_video,
-    eventually,
     read_progress,
     read_published,
     running,

@@ -1,10 +1,10 @@
 """The pipeline as separate processes, to kill and restart: ``python -m fleetgate <service>``
-with ``FLEETGATE_*`` settings, on Tansu and s3rver (``devstack.infra``), webhooks to a real
-HTTP server in the test process."""
+with ``FLEETGATE_*`` settings, on a real Apache Kafka (the session's broker or a three-broker
+cluster, passed in) or a Tansu of its own (to restart it), and s3rver (``devstack.infra``),
+webhooks to a real HTTP server in the test process."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from camproto import DeviceFile
 from devstack.infra import (
     S3RVER,
     S3RVER_KEY,
+    TANSU_CLIENT_ENV,
     BrokerStorage,
     Process,
     create_topics,
@@ -35,6 +35,7 @@ from devstack.infra import (
 )
 from simulator import ContentSpec, Fleet, SimulationConfig
 from tests.e2e.e2e_helpers import Receiver, receiver
+from tests.helpers import eventually
 
 BUCKET = "fleetgate"
 
@@ -147,14 +148,6 @@ class Service:
         await eventually(up, within, f"{self.name} listening")
 
 
-async def eventually(condition: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {within} s for {what}")
-        await asyncio.sleep(0.05)
-
-
 # Webhooks ------------------------------------------------------------------------------------
 
 
@@ -171,13 +164,17 @@ class Pipeline:
     s3_port: int = 0
     #: Tansu keeps topics in memory (lost on restart) or in s3rver's bucket "tansu" (kept).
     durable_broker: bool = False
+    #: Bootstrap of a running Kafka with fleetgate's topics (none: a Tansu of our own).
+    kafka: str | None = None
+    #: Extra FLEETGATE_* settings of every service (e.g. replication on a cluster).
+    common: dict[str, str] = field(default_factory=dict)
     broker: Process | None = None
     s3: Process | None = None
     services: list[Service] = field(default_factory=list)
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.kafka_port}"
+        return self.kafka or f"127.0.0.1:{self.kafka_port}"
 
     @property
     def s3_endpoint(self) -> str:
@@ -217,10 +214,11 @@ class Pipeline:
     def _common(self) -> dict[str, str]:
         return {
             "FLEETGATE_KAFKA_BOOTSTRAP": self.bootstrap,
+            **({} if self.kafka else TANSU_CLIENT_ENV),
             "FLEETGATE_LOG_JSON": "true",
             "FLEETGATE_LOG_LEVEL": "INFO",
             "FLEETGATE_METRICS_PORT": "0",
-        }
+        } | self.common
 
     def _add(self, service: Service) -> Service:
         self.services.append(service)
@@ -323,17 +321,26 @@ class Pipeline:
 
 
 @contextlib.asynccontextmanager
-async def pipeline(workdir: Path, *, durable_broker: bool = False) -> Any:
-    """S3 with the bucket, a broker, a webhook receiver; services are started by the test."""
+async def pipeline(
+    workdir: Path,
+    *,
+    kafka: str | None = None,
+    durable_broker: bool = False,
+    common: dict[str, str] | None = None,
+) -> Any:
+    """S3 with the bucket, a broker (``kafka``, or a Tansu of its own), a webhook receiver;
+    services are started by the test."""
     with receiver() as hooks:
-        line = Pipeline(workdir, hooks, durable_broker=durable_broker)
+        line = Pipeline(workdir, hooks, durable_broker=durable_broker, kafka=kafka)
+        line.common = dict(common or {})
         try:
             line.start_s3()
             client = line.s3_client()
             for bucket in (BUCKET, "tansu") if durable_broker else (BUCKET,):
                 if not client.bucket_exists(bucket):
                     client.make_bucket(bucket)
-            await line.start_broker()
+            if kafka is None:
+                await line.start_broker()
             yield line
         finally:
             line.stop()

@@ -1,6 +1,7 @@
 """Faults on the running pipeline: processes killed with SIGKILL or stopped with SIGTERM, S3
 away for 30 s, the broker restarted. Every service is a real ``python -m fleetgate`` process
-on a real broker (Tansu) and S3 server (s3rver); devices speak TCP; webhooks go over HTTP.
+on a real broker (Apache Kafka; Tansu for the broker restarts) and S3 server (s3rver); devices
+speak TCP; webhooks go over HTTP.
 
 Each test prints its figures (``-s`` shows them; the README's "Reliability" section quotes
 them).
@@ -15,8 +16,9 @@ from pathlib import Path
 
 from camproto import DATA_CHUNK, CameraDevice, crc16
 from simulator import ContentSpec, Faults, Fleet, SimulationConfig, simulate
+from tests.helpers import eventually
 from tests.ingestor.ingestor_helpers import Hopper, read_progress
-from tests.reliability.reliability_helpers import camera_file, eventually, pipeline
+from tests.reliability.reliability_helpers import camera_file, pipeline
 
 MB = 1_000_000
 
@@ -25,10 +27,12 @@ def figure(name: str, **values: object) -> None:
     print(f"\n[reliability] {name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
 
 
-async def test_ingestor_killed_mid_transfer_device_resumes_on_another(tmp_path: Path) -> None:
+async def test_ingestor_killed_mid_transfer_device_resumes_on_another(
+    kafka: str, tmp_path: Path
+) -> None:
     imei, item = camera_file(6 * MB)
     size = len(item.data)
-    async with pipeline(tmp_path) as line:
+    async with pipeline(tmp_path, kafka=kafka) as line:
         a, b = line.ingestor("a"), line.ingestor("b")
         line.assembler()
         line.connector()
@@ -68,10 +72,12 @@ async def test_ingestor_killed_mid_transfer_device_resumes_on_another(tmp_path: 
     assert data["crc16"] == crc16(item.data) and data["key"] in objects
 
 
-async def test_ingestor_sigterm_cuts_at_a_durable_point_and_device_resumes(tmp_path: Path) -> None:
+async def test_ingestor_sigterm_cuts_at_a_durable_point_and_device_resumes(
+    kafka: str, tmp_path: Path
+) -> None:
     imei, item = camera_file(6 * MB, seed=2)
     size = len(item.data)
-    async with pipeline(tmp_path) as line:
+    async with pipeline(tmp_path, kafka=kafka) as line:
         a = line.ingestor("a", drain_timeout_seconds="1", close_timeout_seconds="5")
         b = line.ingestor("b")
         line.assembler()
@@ -108,9 +114,11 @@ async def test_ingestor_sigterm_cuts_at_a_durable_point_and_device_resumes(tmp_p
     assert list(objects.values()) == [item.data]
 
 
-async def test_assembler_killed_mid_file_restarts_and_stores_it_once(tmp_path: Path) -> None:
+async def test_assembler_killed_mid_file_restarts_and_stores_it_once(
+    kafka: str, tmp_path: Path
+) -> None:
     imei, item = camera_file(6 * MB, seed=3)
-    async with pipeline(tmp_path) as line:
+    async with pipeline(tmp_path, kafka=kafka) as line:
         ingestor = line.ingestor("a")
         assembler = line.assembler()
         line.connector()
@@ -150,9 +158,11 @@ async def test_assembler_killed_mid_file_restarts_and_stores_it_once(tmp_path: P
     assert stored_events and stored_events[0]["sha256"] == hashlib.sha256(item.data).hexdigest()
 
 
-async def test_connector_killed_mid_delivery_delivers_after_restart(tmp_path: Path) -> None:
+async def test_connector_killed_mid_delivery_delivers_after_restart(
+    kafka: str, tmp_path: Path
+) -> None:
     imei, item = camera_file(200_000, seed=4)
-    async with pipeline(tmp_path) as line:
+    async with pipeline(tmp_path, kafka=kafka) as line:
         ingestor = line.ingestor("a")
         line.assembler()
         connector = line.connector()
@@ -180,8 +190,8 @@ async def test_connector_killed_mid_delivery_delivers_after_restart(tmp_path: Pa
 OUTAGE = 30.0
 
 
-async def test_s3_away_for_30_seconds_loses_nothing(tmp_path: Path) -> None:
-    async with pipeline(tmp_path) as line:
+async def test_s3_away_for_30_seconds_loses_nothing(kafka: str, tmp_path: Path) -> None:
+    async with pipeline(tmp_path, kafka=kafka) as line:
         ingestor = line.ingestor("a")
         assembler = line.assembler()
         line.connector()

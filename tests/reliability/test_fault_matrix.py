@@ -1,7 +1,8 @@
 """The fault matrix: each of the simulator's fault options against the whole pipeline.
 
-One ``fleetgate devstack`` (Tansu, s3rver, ingestor, assembler, connector as processes) and a
-real HTTP receiver; every scenario uploads its own devices' files (own seed, so own IMEIs),
+One ``fleetgate devstack`` (on the session's Apache Kafka broker; s3rver, ingestor, assembler,
+connector as processes) and a real HTTP receiver; every scenario uploads its own devices' files
+(own seed, so own IMEIs),
 then counts what arrived: files sent, stored intact, duplicate objects, losses. Duplicates and
 losses must be 0. The table is printed (``pytest -s``) and summarised in the README.
 """
@@ -20,6 +21,7 @@ from minio import Minio
 from contracts import models as wire
 from devstack.infra import S3RVER_KEY
 from simulator import ContentSpec, Faults, Fleet, SimulationConfig, simulate
+from tests.conftest import KafkaBroker, reset_kafka
 from tests.e2e.e2e_helpers import Receiver, Stack, devstack, receiver, wait_for
 
 CONTENT = ContentSpec(photos=1, videos=1, photo_size=50_000, video_size=600_000)
@@ -53,14 +55,17 @@ class Outcome:
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Receiver]]:
+def pipeline(
+    tmp_path_factory: pytest.TempPathFactory, kafka_broker: KafkaBroker
+) -> Iterator[tuple[Stack, Receiver]]:
+    asyncio.run(reset_kafka(kafka_broker.bootstrap))
     tmp = tmp_path_factory.mktemp("matrix")
     with receiver() as hooks:
         config = tmp / "connector.yaml"
         config.write_text(
             f"endpoints:\n  - name: matrix\n    url: {hooks.url}\n    allow_private_network: true\n"
         )
-        with devstack(tmp, config) as stack:
+        with devstack(tmp, config, kafka=kafka_broker.bootstrap) as stack:
             yield stack, hooks
 
 

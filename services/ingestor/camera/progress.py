@@ -35,6 +35,7 @@ from pydantic import ValidationError
 
 import contracts
 from contracts import Topic, TransferProgress
+from runtime.kafka import client_kwargs, partitions_of
 
 from .. import metrics as edge_metrics
 from ..settings import IngestorSettings
@@ -238,7 +239,7 @@ class ProgressReader:
         self.book = book
         self.records = 0
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
+            **client_kwargs(settings),
             client_id=f"fleetgate-ingestor-{settings.instance}-progress",
             group_id=None,
             enable_auto_commit=False,
@@ -263,9 +264,9 @@ class ProgressReader:
 
     async def _assign(self) -> bool:
         """Take every partition of the topic (new ones from their start); True if any."""
+        partitions: set[int] = set()
         with contextlib.suppress(Exception):  # metadata not there yet: try again later
-            await self.consumer.topics()  # refreshes the metadata of every topic
-        partitions = self.consumer.partitions_for_topic(Topic.PROGRESS) or set()
+            partitions = await partitions_of(self.consumer, Topic.PROGRESS)
         wanted = {TopicPartition(Topic.PROGRESS, p) for p in partitions}
         new = wanted - self._assigned
         if new:
