@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import REGISTRY
 
 from connector.config import ConnectorConfig, parse_config
@@ -236,16 +237,39 @@ def failed(n: int, imei: str = "356307042441013") -> FileFailed:
     )
 
 
-async def produce(bootstrap: str, events: Iterable[FileStored | FileFailed]) -> None:
-    """Publish ``events`` to fleetgate.files.v1, keyed by IMEI like the assembler does."""
+async def produce(
+    bootstrap: str, events: Iterable[FileStored | FileFailed]
+) -> dict[str, tuple[int, int]]:
+    """Publish ``events`` to fleetgate.files.v1, keyed by IMEI like the assembler does; return
+    where each landed: event id -> (partition, offset)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
     await producer.start()
     try:
-        for event in events:
-            await producer.send(str(Topic.FILES), encode(event), key=event.imei.encode())
+        sent = [
+            (
+                event.event_id,
+                await producer.send(str(Topic.FILES), encode(event), key=event.imei.encode()),
+            )
+            for event in events
+        ]
         await producer.flush()
+        return {
+            event_id: (meta.partition, meta.offset)
+            for event_id, meta in [(i, await f) for i, f in sent]
+        }
     finally:
         await producer.stop()
+
+
+async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The next offset ``group`` committed on each partition of ``topic``."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
 
 
 def accounted(
