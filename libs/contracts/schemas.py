@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from .dmt import DmtSessionEvent
 from .models import (
     DeadLetter,
     FileEvent,
@@ -41,6 +42,7 @@ SCHEMAS: dict[str, tuple[Any, str]] = {
     "fleetgate.connector.replays.v1.json": (ReplayOutcome, "fleetgate.connector.replays.v1 value"),
     "fleetgate.records.v1.json": (TelemetryRecord, "fleetgate.records.v1 value"),
     "fleetgate.devices.v1.json": (DeviceStatus, "fleetgate.devices.v1 value"),
+    "fleetgate.dmt.sessions.v1.json": (DmtSessionEvent, "fleetgate.dmt.sessions.v1 value"),
 }
 
 

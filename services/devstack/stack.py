@@ -38,6 +38,7 @@ from .infra import (
 class DevstackSettings(CommonSettings):
     data_dir: Path = Field(Path(".fleetgate"), description="where files, logs and config go")
     camera_port: int = Field(5232, description="device TCP port of the ingestor")
+    dmt_port: int = Field(5233, description="Digital Matter TCP port of the ingestor")
     kafka_port: int = Field(9092, description="port of the embedded broker (if started)")
     s3_port: int = Field(9000, description="port of the embedded S3 server (if started)")
     broker_storage: Literal["memory", "s3"] = Field(
@@ -136,6 +137,7 @@ class Stack:
             "FLEETGATE_S3_SECRET_KEY": s.s3_secret_key,
             "FLEETGATE_S3_BUCKET": s.s3_bucket,
             "FLEETGATE_CAMERA_PORT": str(s.camera_port),
+            "FLEETGATE_DMT_PORT": str(s.dmt_port),
             "FLEETGATE_CONNECTOR_CONFIG": str(config),
             "FLEETGATE_SPOOL_DIR": str(data / "spool"),
             "FLEETGATE_LOG_LEVEL": s.log_level,
@@ -154,6 +156,7 @@ class Stack:
         self.children[-3].wait_port()  # the ingestor's camera port is open: devices can come
         return {
             "device port": f"{s.camera_port} (TCP, Teltonika camera protocol)",
+            "Digital Matter port": f"{s.dmt_port} (TCP, Digital Matter binary protocol)",
             "Kafka": bootstrap
             + (
                 ""

@@ -90,10 +90,11 @@ class Stack:
 
 @contextmanager
 def devstack(tmp_path: Path, connector_config: Path) -> Iterator[Stack]:
-    ports = {name: free_port() for name in ("camera", "kafka", "s3", "metrics")}
+    ports = {name: free_port() for name in ("camera", "dmt", "kafka", "s3", "metrics")}
     env = os.environ | {
         "FLEETGATE_DATA_DIR": str(tmp_path / "data"),
         "FLEETGATE_CAMERA_PORT": str(ports["camera"]),
+        "FLEETGATE_DMT_PORT": str(ports["dmt"]),
         "FLEETGATE_KAFKA_PORT": str(ports["kafka"]),
         "FLEETGATE_S3_PORT": str(ports["s3"]),
         "FLEETGATE_METRICS_BASE_PORT": "0",
