@@ -34,7 +34,7 @@ from ingestor.sink import KafkaSink, Sink
 
 def settings(kafka: str, **dmt: Any) -> tuple[IngestorSettings, DmtSettings]:
     edge = IngestorSettings(kafka_bootstrap=kafka, instance="test-ingestor")
-    return edge, DmtSettings(**({"host": "127.0.0.1", "port": 0} | dmt))
+    return edge, DmtSettings.model_validate({"host": "127.0.0.1", "port": 0} | dmt)
 
 
 @contextlib.asynccontextmanager

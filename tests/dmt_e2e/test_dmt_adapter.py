@@ -8,12 +8,19 @@ import asyncio
 import contextlib
 from typing import Any
 
-from dmt_helpers import FailingSink, GatedSink, Landed, Wire, read_landed, running, tracker
-
 from contracts.dmt import DmtClosed, DmtConnected, DmtHello
 from contracts.records import RawHeader
 from dmtproto import MessageType, decode_message_records
 from simulator.dmt import DmtSimulationConfig, simulate_dmt
+from tests.dmt_e2e.dmt_helpers import (
+    FailingSink,
+    GatedSink,
+    Landed,
+    Wire,
+    read_landed,
+    running,
+    tracker,
+)
 
 IMEI = "352093081234567"
 
@@ -22,7 +29,7 @@ async def _upload(wire: Wire) -> int:
     """HELLO answered, then one batch and its commit request written."""
     while not wire.hello_answered:
         await wire.read()
-    count = wire.conn.upload()
+    count: int = wire.conn.upload()
     await wire.flush()
     return count
 
