@@ -20,7 +20,7 @@ from .models import (
     TransferStart,
     WebhookBody,
 )
-from .records import DeviceStatus, TelemetryRecord
+from .records import DeviceStatus, RecordWebhook, TelemetryRecord
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
@@ -35,6 +35,7 @@ SCHEMAS: dict[str, tuple[Any, str]] = {
     ),
     "fleetgate.files.v1.json": (FileEvent, "fleetgate.files.v1 value"),
     "webhook.v1.json": (WebhookBody, "webhook body (POST)"),
+    "webhook.record.v1.json": (RecordWebhook, "webhook body of a telemetry record (POST)"),
     "fleetgate.connector.deadletter.v1.json": (
         DeadLetter,
         "fleetgate.connector.deadletter.v1 value",

@@ -41,7 +41,8 @@ class Subcommand:
 
 SUBCOMMANDS: dict[str, Subcommand] = {
     "ingestor": Subcommand(
-        help="Host the device protocols (cameras) and publish what devices send to Kafka.",
+        help="Host the device protocols (cameras, Digital Matter) and publish what devices "
+        "send to Kafka.",
         add_arguments="ingestor.cli:add_arguments",
         run="ingestor.cli:run",
     ),
@@ -56,7 +57,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         run="devstack.cli:run",
     ),
     "simulate": Subcommand(
-        help="Simulate Teltonika camera devices talking to an ingestor.",
+        help="Simulate Teltonika cameras (or Digital Matter trackers) talking to an ingestor.",
         add_arguments="simulator.cli:add_arguments",
         run="simulator.cli:run",
     ),
