@@ -66,6 +66,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         add_arguments="connector.cli:add_arguments",
         run="connector.cli:run",
     ),
+    "devices": Subcommand(
+        help="List the device registry (every device seen, its last status) from Kafka.",
+        add_arguments="fleetgate.devices:add_arguments",
+        run="fleetgate.devices:run",
+    ),
     "webhook-sink": Subcommand(
         help="Receive webhooks and print each as a JSON line (for local runs and tests).",
         add_arguments="connector.sink:add_arguments",

@@ -86,6 +86,7 @@ class Stack:
     data_dir: Path
     output: list[str]
     kafka_bootstrap: str = ""
+    dmt_port: int = 0
 
 
 @contextmanager
@@ -120,6 +121,7 @@ def devstack(tmp_path: Path, connector_config: Path) -> Iterator[Stack]:
     threading.Thread(target=pump, daemon=True).start()
     stack = Stack(process, ports["camera"], f"127.0.0.1:{ports['s3']}", tmp_path / "data", output)
     stack.kafka_bootstrap = f"127.0.0.1:{ports['kafka']}"
+    stack.dmt_port = ports["dmt"]
     try:
         deadline = time.monotonic() + 60
         while not any("fleetgate is running" in line for line in output):
