@@ -2,7 +2,8 @@
 
 Every enabled endpoint gets an :class:`EndpointWorker` with its own consumer group
 (``{connector_group_prefix}-{name}``), HTTP client, circuit breaker and limits, so a slow or
-dead endpoint never holds another back. The group reads ``fleetgate.files.v1`` and every retry
+dead endpoint never holds another back. The group reads ``fleetgate.files.v1``,
+``fleetgate.records.v1`` unless its filter leaves every record out (:mod:`.events`), and every retry
 topic (one per step of the schedule, shared by all endpoints; each group acts only on its own
 endpoint's records and passes over the others').
 
