@@ -32,22 +32,27 @@ from ingestor.settings import IngestorSettings
 from ingestor.sink import KafkaSink, Sink
 
 
-def settings(kafka: str, **dmt: Any) -> tuple[IngestorSettings, DmtSettings]:
-    edge = IngestorSettings(kafka_bootstrap=kafka, instance="test-ingestor")
-    return edge, DmtSettings.model_validate({"host": "127.0.0.1", "port": 0} | dmt)
+def settings(
+    kafka: str, edge: dict[str, Any] | None = None, **dmt: Any
+) -> tuple[IngestorSettings, DmtSettings]:
+    process = IngestorSettings.model_validate(
+        {"kafka_bootstrap": kafka, "instance": "test-ingestor"} | (edge or {})
+    )
+    return process, DmtSettings.model_validate({"host": "127.0.0.1", "port": 0} | dmt)
 
 
 @contextlib.asynccontextmanager
 async def running(
-    kafka: str, sink: Any = None, **dmt: Any
+    kafka: str, sink: Any = None, edge: dict[str, Any] | None = None, **dmt: Any
 ) -> AsyncIterator[tuple[Ingestor, KafkaSink]]:
-    """An ingestor hosting only Digital Matter on a free port; ``sink`` wraps the real one
-    (a function of it) to hold or fail acknowledgements."""
-    edge, listen = settings(kafka, **dmt)
-    kafka_sink = KafkaSink(edge)
+    """An ingestor hosting only Digital Matter on a free port (``edge``: process settings,
+    ``dmt``: listener settings); ``sink`` wraps the real one (a function of it) to hold or
+    fail acknowledgements."""
+    edge_settings, listen = settings(kafka, edge, **dmt)
+    kafka_sink = KafkaSink(edge_settings)
     await kafka_sink.producer.start()
     used: Sink = kafka_sink if sink is None else sink(kafka_sink)
-    ingestor = Ingestor(edge, used, [DmtProtocol(listen, edge, used)])
+    ingestor = Ingestor(edge_settings, used, [DmtProtocol(listen, edge_settings, used)])
     try:
         await ingestor.start()
         yield ingestor, kafka_sink

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 from typing import Any
 
 from contracts.dmt import DmtClosed, DmtConnected, DmtHello
 from contracts.records import RawHeader
+from devstack.infra import create_topics, start_tansu, wait_kafka
 from dmtproto import MessageType, decode_message_records
 from simulator.dmt import DmtSimulationConfig, simulate_dmt
 from tests.dmt_e2e.dmt_helpers import (
@@ -196,3 +198,32 @@ async def test_imei_not_allowed_is_refused_before_anything_is_published(kafka: s
         )
     assert landed.raw == [] and landed.records == [] and landed.devices == {}
     assert [e.reason for e in landed.sessions if isinstance(e, DmtClosed)] == ["not_allowed"]
+
+
+async def test_broker_gone_means_no_commit_and_the_device_keeps_its_records(
+    tmp_path: Path,
+) -> None:
+    """A real broker killed mid-session: no commit reply, the session closes, the tracker
+    still holds every record."""
+    broker = start_tansu(log=tmp_path / "tansu.log")
+    bootstrap = f"127.0.0.1:{broker.port}"
+    try:
+        await wait_kafka(bootstrap)
+        await create_topics(bootstrap)
+        device = tracker(IMEI, records=4)
+        async with running(
+            bootstrap, edge={"ack_timeout_seconds": 2.0, "kafka_request_timeout_ms": 2000}
+        ) as (ingestor, _):
+            wire = await Wire.open(ingestor.ports["dmt"], device)
+            while not wire.hello_answered:
+                await wire.read()
+            broker.stop()
+            wire.conn.upload()
+            await wire.flush()
+            async with asyncio.timeout(30):
+                while not wire.eof:
+                    await wire.read()  # until the server hangs up
+            assert wire.commits == [] and len(device.pending) == 4
+            await wire.close()
+    finally:
+        broker.stop()
