@@ -14,9 +14,10 @@ record on the ingestor's hot path.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field
 
 from dmtproto import (
     Analogue16Field,
@@ -37,6 +38,10 @@ from .records import DeviceIdentity, TelemetryRecord, record_id
 __all__ = [
     "PROTOCOL",
     "DeviceHello",
+    "DmtClosed",
+    "DmtConnected",
+    "DmtHello",
+    "DmtSessionEvent",
     "device_identity",
     "telemetry_record",
     "telemetry_record_json",
@@ -81,6 +86,48 @@ def _identity(hello: DeviceHello) -> _Data:
 
 def device_identity(hello: DeviceHello) -> DeviceIdentity:
     return DeviceIdentity.model_validate(_identity(hello))
+
+
+# Session events: fleetgate.dmt.sessions.v1 -------------------------------------------------
+
+
+class _SessionEvent(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    session_id: str
+    ingestor: str = Field(description="the ingestor instance that holds the session")
+    imei: str | None = Field(None, description="None until the device sent its HELLO")
+    at: datetime
+
+
+class DmtConnected(_SessionEvent):
+    """A device connected (nothing received yet)."""
+
+    type: Literal["connected"] = "connected"
+    peer: str = Field(description="ip:port the connection came from")
+
+
+class DmtHello(_SessionEvent):
+    """The device's HELLO: who it is. Its records follow."""
+
+    type: Literal["hello"] = "hello"
+    device: DeviceIdentity
+
+
+class DmtClosed(_SessionEvent):
+    """The session ended; ``reason`` says why (the ingestor's close reason and detail)."""
+
+    type: Literal["closed"] = "closed"
+    reason: str = Field(description="clean, device_closed, protocol_error, idle, kafka_error ...")
+    detail: str
+    clean: bool
+    records: int = Field(description="records received in the session")
+    committed: int = Field(description="records committed to the device")
+    ignored_messages: int = Field(description="messages of types the server does not act on")
+    duration_seconds: float
+
+
+DmtSessionEvent = Annotated[DmtConnected | DmtHello | DmtClosed, Field(discriminator="type")]
 
 
 def telemetry_record(

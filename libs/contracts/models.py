@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from .records import TelemetryRecord
+
 __all__ = [
     "CaptureInfo",
     "DeadLetter",
@@ -279,7 +281,9 @@ class DeadLetter(_Model):
     last_error: str | None = None
     dead_lettered_at: datetime
     source: str | None = Field(None, description="topic/partition/offset of the event")
-    event: FileEvent
+    event: FileStored | FileFailed | TelemetryRecord = Field(
+        description="the file event, or the telemetry record (schema record.v1)"
+    )
 
 
 class ReplayOutcome(_Model):

@@ -32,6 +32,7 @@ __all__ = [
     "Measurement",
     "Position",
     "RawHeader",
+    "RecordWebhook",
     "TelemetryRecord",
     "UnknownField",
     "apply_record",
@@ -149,6 +150,33 @@ class TelemetryRecord(_Model):
     )
     debug: list[DebugText] = Field(default_factory=list)
     unknown_fields: list[UnknownField] = Field(default_factory=list)
+
+    # What the connector needs of any event it delivers (file events have these as fields).
+    @property
+    def type(self) -> Literal["record"]:
+        """The webhook event type (an endpoint's ``filter.types``)."""
+        return "record"
+
+    @property
+    def event_id(self) -> str:
+        """The webhook id: the record id, the same for every resend of the record."""
+        return self.record_id
+
+    @property
+    def imei(self) -> str:
+        return self.device.imei
+
+
+class RecordWebhook(_Model):
+    """What the connector POSTs for a record: the same Standard Webhooks style envelope as for
+    file events, ``type`` ``record``."""
+
+    type: Literal["record"] = "record"
+    timestamp: datetime = Field(
+        description="when the record was logged (device time; else when it was received): "
+        "the same on every retry and replay"
+    )
+    data: TelemetryRecord
 
 
 class LastConnection(_Model):

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from .dmt import DmtSessionEvent
 from .models import (
     DeadLetter,
     FileEvent,
@@ -19,7 +20,7 @@ from .models import (
     TransferStart,
     WebhookBody,
 )
-from .records import DeviceStatus, TelemetryRecord
+from .records import DeviceStatus, RecordWebhook, TelemetryRecord
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
@@ -34,6 +35,7 @@ SCHEMAS: dict[str, tuple[Any, str]] = {
     ),
     "fleetgate.files.v1.json": (FileEvent, "fleetgate.files.v1 value"),
     "webhook.v1.json": (WebhookBody, "webhook body (POST)"),
+    "webhook.record.v1.json": (RecordWebhook, "webhook body of a telemetry record (POST)"),
     "fleetgate.connector.deadletter.v1.json": (
         DeadLetter,
         "fleetgate.connector.deadletter.v1 value",
@@ -41,6 +43,7 @@ SCHEMAS: dict[str, tuple[Any, str]] = {
     "fleetgate.connector.replays.v1.json": (ReplayOutcome, "fleetgate.connector.replays.v1 value"),
     "fleetgate.records.v1.json": (TelemetryRecord, "fleetgate.records.v1 value"),
     "fleetgate.devices.v1.json": (DeviceStatus, "fleetgate.devices.v1 value"),
+    "fleetgate.dmt.sessions.v1.json": (DmtSessionEvent, "fleetgate.dmt.sessions.v1 value"),
 }
 
 

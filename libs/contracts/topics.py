@@ -63,6 +63,11 @@ class Topic(StrEnum):
     #: The device registry, JSON (:class:`contracts.records.DeviceStatus`), key = IMEI;
     #: compacted (:data:`TOPIC_CONFIGS`).
     DEVICES = "fleetgate.devices.v1"
+    #: Digital Matter session events, JSON (:data:`contracts.dmt.DmtSessionEvent`: connected,
+    #: hello, closed), key = IMEI (the session id before the HELLO). One topic per protocol:
+    #: the events say what only that protocol knows; what every protocol shares about a
+    #: device is in the registry (``fleetgate.devices.v1``).
+    DMT_SESSIONS = "fleetgate.dmt.sessions.v1"
 
 
 class RecordKind(StrEnum):

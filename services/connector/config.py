@@ -219,7 +219,7 @@ class RetryConfig(_Strict):
 class Filter(_Strict):
     """Which events an endpoint gets; an absent list means all. Each given list must match."""
 
-    types: list[Literal["file.stored", "file.failed"]] | None = Field(None, min_length=1)
+    types: list[Literal["file.stored", "file.failed", "record"]] | None = Field(None, min_length=1)
     imeis: list[Annotated[str, StringConstraints(pattern=r"^[0-9]{1,20}$")]] | None = Field(
         None, min_length=1
     )
@@ -338,8 +338,9 @@ class Endpoint(_Strict):
                 raise ValueError(f"url: {why}; set 'allow_private_network: true' to deliver there")
         return self
 
-    def accepts(self, event_type: str, imei: str, camera: str, media: str) -> bool:
-        """Whether the endpoint's filter lets this event through."""
+    def accepts(self, event_type: str, imei: str, camera: str | None, media: str | None) -> bool:
+        """Whether the endpoint's filter lets this event through (a record has no camera or
+        media: a filter on those leaves records out)."""
         f = self.filter
         return (
             (f.types is None or event_type in f.types)

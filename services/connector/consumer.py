@@ -2,7 +2,8 @@
 
 Every enabled endpoint gets an :class:`EndpointWorker` with its own consumer group
 (``{connector_group_prefix}-{name}``), HTTP client, circuit breaker and limits, so a slow or
-dead endpoint never holds another back. The group reads ``fleetgate.files.v1`` and every retry
+dead endpoint never holds another back. The group reads ``fleetgate.files.v1``,
+``fleetgate.records.v1`` unless its filter leaves every record out (:mod:`.events`), and every retry
 topic (one per step of the schedule, shared by all endpoints; each group acts only on its own
 endpoint's records and passes over the others').
 
@@ -45,13 +46,7 @@ from pydantic import ValidationError
 
 from contracts import (
     DeadLetter,
-    FileEvent,
-    FileFailed,
-    FileStored,
-    StoredFileData,
     Topic,
-    WebhookBody,
-    decode,
     encode,
 )
 from runtime.kafka import client_kwargs, producer_kwargs
@@ -59,6 +54,7 @@ from runtime.kafka import client_kwargs, producer_kwargs
 from . import metrics
 from .config import ConnectorConfig, Endpoint
 from .delivery import Attempt, EndpointClient, Verdict
+from .events import Deliverable, accepts, decode_event, source_topics, webhook_body
 from .presign import Presigner
 from .protection import CircuitBreaker, Permit
 from .retry import DeadLetterNow, RetryState, Schedule, next_step, utc
@@ -83,19 +79,6 @@ POLL_MS = 200
 INSTANCE = uuid.uuid4().hex[:16]
 
 
-def webhook_body(
-    event: FileStored | FileFailed, presigner: Presigner, now: datetime | None = None
-) -> WebhookBody:
-    """The envelope POSTed for ``event``; a stored file gets a fresh presigned URL."""
-    if isinstance(event, FileStored):
-        url, expires = presigner.url(event.bucket, event.key, now)
-        data = StoredFileData.model_validate(
-            {**event.model_dump(), "download_url": url, "download_url_expires_at": expires}
-        )
-        return WebhookBody(type=event.type, timestamp=event.stored_at, data=data)
-    return WebhookBody(type=event.type, timestamp=event.failed_at, data=event)
-
-
 def why_not_an_event(value: bytes | None) -> str:
     """A record that does not decode as a FileEvent: is it a newer event type, or garbage?"""
     if value is None:
@@ -105,9 +88,9 @@ def why_not_an_event(value: bytes | None) -> str:
     except orjson.JSONDecodeError:
         return "not JSON"
     kind = raw.get("type") if isinstance(raw, dict) else None
-    if isinstance(kind, str) and kind not in ("file.stored", "file.failed"):
+    if isinstance(kind, str) and kind not in ("file.stored", "file.failed", "record"):
         return f"unknown event type {kind!r}"
-    return "not a valid file event"
+    return "not a valid file event or record"
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> bool:
@@ -278,7 +261,8 @@ class EndpointWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
-        self.consumer.subscribe([str(Topic.FILES), *self.tier_topics], listener=_Rebalance(self))
+        topics = [*source_topics(self.endpoint), *self.tier_topics]
+        self.consumer.subscribe(topics, listener=_Rebalance(self))
         committer = asyncio.create_task(self._commit_periodically())
         try:
             await self.consumer.start()
@@ -336,9 +320,9 @@ class EndpointWorker:
 
     # --- what happens to an event ----------------------------------------------------------
 
-    def _decode(self, record: Any) -> FileStored | FileFailed | None:
+    def _decode(self, record: Any) -> Deliverable | None:
         try:
-            event: FileStored | FileFailed = decode(FileEvent, record.value)
+            event = decode_event(record.value)
         except (ValidationError, ValueError):
             # Nothing to POST: a newer event type (additive contract change) or garbage.
             metrics.skipped.labels(self.name).inc()
@@ -353,8 +337,8 @@ class EndpointWorker:
             return None
         return event
 
-    def _accepts(self, event: FileStored | FileFailed) -> bool:
-        if self.endpoint.accepts(event.type, event.imei, event.file.camera, event.file.media):
+    def _accepts(self, event: Deliverable) -> bool:
+        if accepts(self.endpoint, event):
             return True
         metrics.filtered.labels(self.name).inc()
         return False
@@ -398,7 +382,7 @@ class EndpointWorker:
 
     async def _attempt(
         self,
-        event: FileStored | FileFailed,
+        event: Deliverable,
         value: bytes,
         state: RetryState,
         tier: int | None,
@@ -430,7 +414,7 @@ class EndpointWorker:
 
     def _observe(
         self,
-        event: FileStored | FileFailed,
+        event: Deliverable,
         state: RetryState,
         attempt: Attempt,
         now: float,
@@ -470,7 +454,7 @@ class EndpointWorker:
 
     async def _later(
         self,
-        event: FileStored | FileFailed,
+        event: Deliverable,
         value: bytes,
         state: RetryState,
         tier: int | None,
@@ -507,7 +491,7 @@ class EndpointWorker:
 
     async def _dead_letter(
         self,
-        event: FileStored | FileFailed,
+        event: Deliverable,
         state: RetryState,
         reason: str,
         error: str | None = None,

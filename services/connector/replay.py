@@ -25,19 +25,15 @@ from pydantic import ValidationError
 
 from contracts import (
     DeadLetter,
-    FileEvent,
-    FileFailed,
-    FileStored,
     ReplayOutcome,
     Topic,
-    decode,
     encode,
 )
 from runtime.kafka import client_kwargs, partitions_of, producer_kwargs
 
 from .config import ConnectorConfig, Endpoint
-from .consumer import webhook_body
 from .delivery import Attempt, EndpointClient, Verdict
+from .events import Deliverable, accepts, decode_event, source_topics, webhook_body
 from .presign import Presigner
 from .retry import Schedule
 from .settings import ConnectorSettings
@@ -129,7 +125,7 @@ async def scan(settings: ConnectorSettings, topic: str) -> AsyncIterator[Any]:
 async def _deliver(
     client: EndpointClient,
     presigner: Presigner,
-    event: FileStored | FileFailed,
+    event: Deliverable,
     attempts: int,
     schedule: Schedule,
 ) -> tuple[Attempt | None, int, str | None]:
@@ -179,7 +175,7 @@ class _Replayer:
         self.slots = asyncio.Semaphore(2 * endpoint.max_concurrency)
         self.tasks: set[asyncio.Task[None]] = set()
 
-    async def submit(self, event: FileStored | FileFailed, dead_letter: str | None) -> None:
+    async def submit(self, event: Deliverable, dead_letter: str | None) -> None:
         """Deliver in the background, at most twice the endpoint's concurrency in hand."""
         await self.slots.acquire()
         task = asyncio.create_task(self._one(event, dead_letter))
@@ -190,7 +186,7 @@ class _Replayer:
         while self.tasks:
             await asyncio.gather(*list(self.tasks))
 
-    async def _one(self, event: FileStored | FileFailed, dead_letter: str | None) -> None:
+    async def _one(self, event: Deliverable, dead_letter: str | None) -> None:
         try:
             attempt, made, error = await _deliver(
                 self.client, self.presigner, event, self.attempts, self.schedule
@@ -312,15 +308,16 @@ async def _since(
 ) -> None:
     start = since.timestamp() * 1000
     end = None if until is None else until.timestamp() * 1000
-    async for record in scan(settings, str(Topic.FILES)):
-        if record.timestamp < start or (end is not None and record.timestamp >= end):
-            continue
-        try:
-            event: FileStored | FileFailed = decode(FileEvent, record.value)
-        except (ValidationError, ValueError):
-            report.skipped += 1
-            continue
-        if not endpoint.accepts(event.type, event.imei, event.file.camera, event.file.media):
-            report.filtered += 1
-            continue
-        await replayer.submit(event, None)
+    for topic in source_topics(endpoint):
+        async for record in scan(settings, topic):
+            if record.timestamp < start or (end is not None and record.timestamp >= end):
+                continue
+            try:
+                event = decode_event(record.value)
+            except (ValidationError, ValueError):
+                report.skipped += 1
+                continue
+            if not accepts(endpoint, event):
+                report.filtered += 1
+                continue
+            await replayer.submit(event, None)

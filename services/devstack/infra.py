@@ -243,6 +243,10 @@ DEFAULT_PARTITIONS: dict[str, int] = {
     **{retry_topic(delay): 4 for delay in DEFAULT_RETRY_SCHEDULE},
     Topic.DEADLETTER: 4,
     Topic.REPLAYS: 4,
+    Topic.RECORDS: 8,
+    Topic.DMT_RAW: 8,
+    Topic.DMT_SESSIONS: 4,
+    Topic.DEVICES: 4,
 }
 
 

@@ -51,6 +51,7 @@ from .supervisor import Backoff, Supervised
 class DevstackSettings(CommonSettings):
     data_dir: Path = Field(Path(".fleetgate"), description="where files, logs and config go")
     camera_port: int = Field(5232, description="device TCP port of the ingestor")
+    dmt_port: int = Field(5233, description="Digital Matter TCP port of the ingestor")
     kafka_port: int = Field(9092, description="port of the embedded broker (if started)")
     s3_port: int = Field(9000, description="port of the embedded S3 server (if started)")
     broker: Literal["tansu", "kafka"] = Field(
@@ -219,6 +220,7 @@ class Stack:
             "FLEETGATE_S3_SECRET_KEY": s.s3_secret_key,
             "FLEETGATE_S3_BUCKET": s.s3_bucket,
             "FLEETGATE_CAMERA_PORT": str(s.camera_port),
+            "FLEETGATE_DMT_PORT": str(s.dmt_port),
             "FLEETGATE_CONNECTOR_CONFIG": str(config),
             "FLEETGATE_SPOOL_DIR": str(data / "spool"),
             "FLEETGATE_LOG_LEVEL": s.log_level,
@@ -248,6 +250,7 @@ class Stack:
         forgets = {"in memory": MEMORY_BROKER_NOTE} if self.memory_broker else {}
         return {
             "device port": f"{s.camera_port} (TCP, Teltonika camera protocol)",
+            "Digital Matter port": f"{s.dmt_port} (TCP, Digital Matter binary protocol)",
             "Kafka": kafka,
             **forgets,
             "files": f"s3://{s.s3_bucket} at http://{endpoint}"

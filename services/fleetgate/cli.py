@@ -41,7 +41,8 @@ class Subcommand:
 
 SUBCOMMANDS: dict[str, Subcommand] = {
     "ingestor": Subcommand(
-        help="Host the device protocols (cameras) and publish what devices send to Kafka.",
+        help="Host the device protocols (cameras, Digital Matter) and publish what devices "
+        "send to Kafka.",
         add_arguments="ingestor.cli:add_arguments",
         run="ingestor.cli:run",
     ),
@@ -56,7 +57,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         run="devstack.cli:run",
     ),
     "simulate": Subcommand(
-        help="Simulate Teltonika camera devices talking to an ingestor.",
+        help="Simulate Teltonika cameras (or Digital Matter trackers) talking to an ingestor.",
         add_arguments="simulator.cli:add_arguments",
         run="simulator.cli:run",
     ),
@@ -64,6 +65,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         help="Deliver file events from Kafka to HTTP endpoints as JSON webhooks.",
         add_arguments="connector.cli:add_arguments",
         run="connector.cli:run",
+    ),
+    "devices": Subcommand(
+        help="List the device registry (every device seen, its last status) from Kafka.",
+        add_arguments="fleetgate.devices:add_arguments",
+        run="fleetgate.devices:run",
     ),
     "webhook-sink": Subcommand(
         help="Receive webhooks and print each as a JSON line (for local runs and tests).",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .adapter import Protocol
 from .camera import CameraProtocol
+from .dmt import DmtProtocol
 
 __all__ = ["PROTOCOLS"]
 
@@ -11,4 +12,5 @@ __all__ = ["PROTOCOLS"]
 #: ``FLEETGATE_<NAME>_*`` and its listener runs unless ``FLEETGATE_<NAME>_ENABLED=false``.
 PROTOCOLS: dict[str, type[Protocol]] = {
     CameraProtocol.name: CameraProtocol,
+    DmtProtocol.name: DmtProtocol,
 }

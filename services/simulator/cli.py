@@ -1,4 +1,5 @@
-"""``fleetgate simulate``: a fleet of simulated cameras against an ingestor.
+"""``fleetgate simulate``: a fleet of simulated cameras (or, with ``--protocol dmt``, Digital
+Matter trackers, :mod:`simulator.dmt`) against an ingestor.
 
 Progress goes to stderr once a second; each device's outcome and a summary (or, with
 ``--json``, the whole report) go to stdout at the end. The exit status is 0 when every file
@@ -15,8 +16,13 @@ import re
 import sys
 
 from .content import ContentSpec
+from .dmt import DmtSimulationConfig, simulate_dmt
+from .dmt_cli import print_report as print_dmt_report
 from .faults import FailurePath, Faults
 from .fleet import DEFAULT_PORT, Fleet, FleetReport, SimulationConfig
+
+#: The Digital Matter listener's default port (``FLEETGATE_DMT_PORT``).
+DMT_PORT = 5233
 
 __all__ = ["add_arguments", "config_from_args", "parse_size", "run"]
 
@@ -42,11 +48,24 @@ def _rate(text: str) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every setting of ``simulate`` to its subparser."""
     target = parser.add_argument_group("target")
+    target.add_argument(
+        "--protocol",
+        choices=("camera", "dmt"),
+        default="camera",
+        help="Teltonika cameras, or Digital Matter trackers (dmt: see the 'Digital Matter' "
+        "options; of the others, --host, --port, --devices, --seed, --concurrency, --garbage, "
+        "--slow, the timing options and --json apply)",
+    )
     target.add_argument("--host", default="127.0.0.1", help="ingestor host")
-    target.add_argument("--port", type=int, default=DEFAULT_PORT, help="ingestor camera port")
+    target.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help=f"ingestor port (default: camera {DEFAULT_PORT}, dmt {DMT_PORT})",
+    )
 
     fleet = parser.add_argument_group("fleet")
-    fleet.add_argument("--devices", type=int, default=10, help="cameras to simulate")
+    fleet.add_argument("--devices", type=int, default=10, help="devices to simulate")
     fleet.add_argument(
         "--dualcam-ratio",
         type=float,
@@ -137,6 +156,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how many devices (the first N) play the --fail paths; the others upload cleanly",
     )
 
+    dmt = parser.add_argument_group("Digital Matter (--protocol dmt)")
+    dmt.add_argument("--records", type=int, default=100, help="records each tracker logs")
+    dmt.add_argument(
+        "--rate", type=float, default=0.0, help="records per second per tracker (0: all at once)"
+    )
+    dmt.add_argument("--records-per-message", type=int, default=16, help="records per message")
+    dmt.add_argument(
+        "--records-per-commit", type=int, default=64, help="records per commit request"
+    )
+    dmt.add_argument(
+        "--disconnect-before-commit",
+        type=int,
+        default=0,
+        metavar="N",
+        help="each tracker hangs up N times right after a commit request, before the reply "
+        "(it must send those records again)",
+    )
+    dmt.add_argument(
+        "--no-async-session",
+        action="store_true",
+        help="do not end uploads with an async session request (0x22)",
+    )
+
     timing = parser.add_argument_group("timing")
     timing.add_argument("--timeout", type=float, default=300.0, help="seconds for the whole run")
     timing.add_argument(
@@ -171,7 +213,7 @@ def config_from_args(args: argparse.Namespace) -> SimulationConfig:
     """The run ``args`` describe; ValueError if the settings don't fit together."""
     return SimulationConfig(
         host=args.host,
-        port=args.port,
+        port=args.port or DEFAULT_PORT,
         devices=args.devices,
         dualcam_ratio=args.dualcam_ratio,
         content=ContentSpec(
@@ -219,8 +261,59 @@ async def _simulate(config: SimulationConfig, interval: float) -> FleetReport:
             await progress
 
 
+def dmt_config_from_args(args: argparse.Namespace) -> DmtSimulationConfig:
+    """The Digital Matter run ``args`` describe; ValueError if the settings don't fit."""
+    return DmtSimulationConfig(
+        host=args.host,
+        port=args.port or DMT_PORT,
+        devices=args.devices,
+        records=args.records,
+        rate=args.rate,
+        records_per_message=args.records_per_message,
+        records_per_commit=args.records_per_commit,
+        seed=args.seed,
+        concurrency=args.concurrency,
+        async_session=not args.no_async_session,
+        disconnect_before_commit=args.disconnect_before_commit,
+        garbage=args.garbage is not None,
+        link_bytes_per_second=args.slow or 0,
+        timeout_seconds=args.timeout,
+        io_timeout_seconds=args.io_timeout,
+        max_reconnects=args.max_reconnects,
+        reconnect_backoff_seconds=args.reconnect_backoff,
+    )
+
+
+def run_dmt(args: argparse.Namespace) -> int:
+    """Run the trackers; 0 if every record was committed, 1 if not, 2 for bad settings."""
+    try:
+        config = dmt_config_from_args(args)
+    except ValueError as exc:
+        print(f"fleetgate simulate: error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"simulate: {config.devices} Digital Matter trackers -> {config.host}:{config.port}",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        report = asyncio.run(simulate_dmt(config))
+    except KeyboardInterrupt:
+        print("fleetgate simulate: interrupted", file=sys.stderr)
+        return 130
+    print_dmt_report(report, args.json)
+    if not report.ok:
+        print(
+            f"fleetgate simulate: FAILED: not every record was committed ({report.summary()})",
+            file=sys.stderr,
+        )
+    return 0 if report.ok else 1
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the fleet; 0 if every file was accepted, 1 if not, 2 for bad settings."""
+    if args.protocol == "dmt":
+        return run_dmt(args)
     try:
         config = config_from_args(args)
     except ValueError as exc:

@@ -44,6 +44,9 @@ from dmtproto import (
 )
 from dmtproto import ServerConnection as DmtServer
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from tests.bench import dmt_ingest
+
 MB = 1e6
 
 
@@ -232,12 +235,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--video-bytes", type=int, default=6 * 1000 * 1000)
     parser.add_argument("--dmt-records", type=int, default=20_000)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--no-ingest", action="store_true", help="skip the Digital Matter ingest benchmark"
+    )
+    dmt_ingest.add_arguments(parser)
     args = parser.parse_args(argv)
     figures = (
         bench_crc(args.repeat)
         | bench_transfer(args.repeat, args.video_bytes)
         | bench_dmt(args.repeat, args.dmt_records)
     )
+    if not args.no_ingest:
+        figures |= dmt_ingest.bench_dmt_ingest(args)
     if args.json:
         print(json.dumps({k: round(v, 1) for k, v in figures.items()}, indent=2))
     else:

@@ -87,15 +87,17 @@ class Stack:
     data_dir: Path
     output: list[str]
     kafka_bootstrap: str = ""
+    dmt_port: int = 0
 
 
 @contextmanager
 def devstack(tmp_path: Path, connector_config: Path, kafka: str | None = None) -> Iterator[Stack]:
     """``fleetgate devstack`` on its embedded Tansu, or on the running Kafka ``kafka``."""
-    ports = {name: free_port() for name in ("camera", "kafka", "s3", "metrics")}
+    ports = {name: free_port() for name in ("camera", "dmt", "kafka", "s3", "metrics")}
     env = os.environ | {
         "FLEETGATE_DATA_DIR": str(tmp_path / "data"),
         "FLEETGATE_CAMERA_PORT": str(ports["camera"]),
+        "FLEETGATE_DMT_PORT": str(ports["dmt"]),
         "FLEETGATE_KAFKA_PORT": str(ports["kafka"]),
         "FLEETGATE_S3_PORT": str(ports["s3"]),
         "FLEETGATE_METRICS_BASE_PORT": "0",
@@ -123,6 +125,7 @@ def devstack(tmp_path: Path, connector_config: Path, kafka: str | None = None) -
     threading.Thread(target=pump, daemon=True).start()
     stack = Stack(process, ports["camera"], f"127.0.0.1:{ports['s3']}", tmp_path / "data", output)
     stack.kafka_bootstrap = f"127.0.0.1:{ports['kafka']}"
+    stack.dmt_port = ports["dmt"]
     try:
         deadline = time.monotonic() + 60
         while not any("fleetgate is running" in line for line in output):

@@ -229,6 +229,7 @@ class Pipeline:
         env = self._common() | {
             "FLEETGATE_CAMERA_HOST": "127.0.0.1",
             "FLEETGATE_CAMERA_PORT": str(port),
+            "FLEETGATE_DMT_PORT": "0",  # several ingestors on one host: any free port
             "FLEETGATE_INSTANCE": name,
         }
         env |= {f"FLEETGATE_{k.upper()}": v for k, v in settings.items()}

@@ -43,6 +43,7 @@ from camproto import (
 from contracts import ChunkMeta, Topic, TransferProgress
 from contracts import models as wire
 
+from .. import registry
 from ..adapter import Link, PeerError, Session
 from ..sink import KafkaFailed
 from . import metrics
@@ -248,6 +249,7 @@ class CameraSession(Session):
                 await self._session_event(wire.FileOffered, file=file_info(event.file))
             elif isinstance(event, SessionStarted):
                 self.link.identify(f"{event.imei:015d}")  # NotAllowed: nothing published
+                await registry.publish(self.link, registry.connected(self.link))
                 await self._session_event(
                     wire.SessionStarted,
                     protocol=event.protocol,

@@ -1,0 +1,291 @@
+"""One Digital Matter connection's adapter: ``dmtproto.ServerConnection`` events <-> Kafka.
+
+Each record goes out twice, keyed by the IMEI: decoded on ``fleetgate.records.v1`` (the
+shared telemetry layout, :func:`contracts.dmt.telemetry_record_json`) and as the device sent
+it on ``fleetgate.dmt.raw.v1`` (headers :class:`contracts.records.RawHeader`). A commit
+request is answered only after the ledger's barrier: Kafka acknowledged (``acks=all``) every
+record received before it. The device deletes what we commit, so when Kafka fails there is
+no reply; the session closes (``kafka_error``) and the device sends the records again on its
+next connection, with the same ``record_id``.
+
+The device registry (``fleetgate.devices.v1``) gets the device's status at HELLO and, when
+records came since, before each commit's barrier and at the end of the session. Session
+events (connected, hello, closed) go to ``fleetgate.dmt.sessions.v1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from contracts import Topic
+from contracts.dmt import (
+    PROTOCOL,
+    DmtClosed,
+    DmtConnected,
+    DmtHello,
+    device_identity,
+    telemetry_record,
+    telemetry_record_json,
+)
+from contracts.models import encode
+from contracts.records import DeviceStatus, RawHeader, apply_record, record_id
+from dmtproto import (
+    CommitRequested,
+    Event,
+    FixedRecord,
+    GpsField,
+    HelloReceived,
+    MessageIgnored,
+    Record,
+    RecordReceived,
+    RemoteProtocolError,
+    ServerConfig,
+    ServerConnection,
+    ServerState,
+    SessionClosed,
+)
+
+from .. import registry
+from ..adapter import Link, PeerError, Session
+from . import metrics
+from .settings import DmtSettings
+
+__all__ = ["DmtSession"]
+
+_HELLO_TYPE = b"0"
+# aiokafka takes header names of type str exactly (not a StrEnum).
+_RECORD_ID = RawHeader.RECORD_ID.value
+_SESSION = RawHeader.SESSION.value
+_INGESTOR = RawHeader.INGESTOR.value
+_RECEIVED_AT = RawHeader.RECEIVED_AT.value
+_MESSAGE_TYPE = RawHeader.MESSAGE_TYPE.value
+
+
+def _has_fix(record: Record | FixedRecord) -> bool:
+    if isinstance(record, FixedRecord):
+        return record.valid
+    return any(isinstance(f, GpsField) and f.valid for f in record.fields)
+
+
+def _newer(record: Record | FixedRecord, than: Record | FixedRecord | None) -> bool:
+    if than is None:
+        return True
+    mine, theirs = record.device_time, than.device_time
+    return mine is None or theirs is None or mine >= theirs
+
+
+class DmtSession(Session):
+    """A Digital Matter connection: feeds ``dmtproto``, publishes records, commits what
+    Kafka acknowledged."""
+
+    def __init__(self, link: Link, settings: DmtSettings) -> None:
+        self.link = link
+        self.settings = settings
+        loop = asyncio.get_running_loop()
+        self._conn = ServerConnection(
+            ServerConfig(
+                max_message_length=settings.max_message_length,
+                hello_timeout_seconds=settings.hello_timeout_seconds,
+                idle_timeout_seconds=settings.idle_timeout_seconds,
+                max_ignored_messages=settings.max_ignored_messages,
+            ),
+            now=loop.time(),
+            unix_time=time.time(),
+        )
+        self._hello: HelloReceived | None = None
+        self._key = b""
+        self._raw_headers: list[tuple[str, bytes]] = []
+        #: The device's status as last published, and the records since that tell more.
+        self._status: DeviceStatus | None = None
+        self._latest: Record | FixedRecord | None = None
+        self._latest_fix: Record | FixedRecord | None = None
+        self._detail = "session closed"
+        self._opened = time.monotonic()
+
+    # What the edge asks ---------------------------------------------------------------
+
+    @property
+    def identified(self) -> bool:
+        return self._hello is not None
+
+    @property
+    def busy(self) -> bool:
+        """Records received and not committed: a drain waits for the device's commit."""
+        return self._conn.uncommitted > 0 and self._conn.state is not ServerState.CLOSED
+
+    @property
+    def closed(self) -> bool:
+        return self._conn.state is ServerState.CLOSED
+
+    @property
+    def detail(self) -> str:
+        return self._detail
+
+    def next_deadline(self) -> float | None:
+        return self._conn.next_deadline()
+
+    def data_to_send(self) -> bytes:
+        return self._conn.data_to_send()
+
+    def summary(self) -> dict[str, Any]:
+        conn = self._conn
+        return {"records": conn.records, "committed": conn.committed, "ignored": conn.ignored}
+
+    # What the edge feeds --------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._session_event(DmtConnected, peer=self.link.peer)
+
+    async def receive_data(self, data: bytes, now: float) -> None:
+        try:
+            events = self._conn.receive_data(data, now)
+        except RemoteProtocolError as exc:
+            # Records before the error are not committed: the device sends them again.
+            raise PeerError(str(exc)) from exc
+        await self._handle(events)
+
+    async def receive_eof(self) -> None:
+        await self._handle(self._conn.receive_eof())
+
+    async def handle_timeout(self, now: float) -> None:
+        events = self._conn.handle_timeout(now)
+        await self._handle(events)
+        if events:
+            self.link.close_reason = "idle"
+
+    async def close(self, detail: str) -> None:
+        """The protocol has no goodbye: hang up; uncommitted records come again."""
+        self._detail = detail
+        self._conn.close(detail)
+
+    async def finish(self, detail: str) -> None:
+        await self._publish_status()
+        conn = self._conn
+        await self._session_event(
+            DmtClosed,
+            reason=self.link.close_reason,
+            detail=detail,
+            clean=self.link.close_reason == "clean",
+            records=conn.records,
+            committed=conn.committed,
+            ignored_messages=conn.ignored,
+            duration_seconds=round(time.monotonic() - self._opened, 6),
+        )
+        await self.link.ledger.barrier()
+
+    # Events ---------------------------------------------------------------------------
+
+    async def _handle(self, events: list[Event]) -> None:
+        if not events:
+            return
+        received_at = datetime.now(UTC)
+        millis = str(int(received_at.timestamp() * 1000)).encode()
+        for event in events:
+            if isinstance(event, RecordReceived):
+                await self._on_record(event, received_at, millis)
+            elif isinstance(event, CommitRequested):
+                await self._on_commit()
+            elif isinstance(event, HelloReceived):
+                await self._on_hello(event, received_at, millis)
+            elif isinstance(event, MessageIgnored):
+                metrics.ignored.inc()
+            elif isinstance(event, SessionClosed):
+                self._detail = event.reason
+                if event.clean:
+                    self.link.close_reason = "clean"
+
+    async def _on_hello(self, event: HelloReceived, received_at: datetime, millis: bytes) -> None:
+        link = self.link
+        link.identify(event.imei)  # NotAllowed: nothing of the device is published
+        self._hello = event
+        self._key = event.imei.encode()
+        self._raw_headers = [
+            (_SESSION, link.session_id.encode()),
+            (_INGESTOR, link.instance.encode()),
+        ]
+        identity = device_identity(event)
+        link.log = link.log.bind(product=identity.product or event.product_id)
+        await link.ledger.publish(
+            Topic.DMT_RAW,
+            self._key,
+            event.raw,
+            [
+                *self._raw_headers,
+                (_RECEIVED_AT, millis),
+                (_MESSAGE_TYPE, _HELLO_TYPE),
+            ],
+        )
+        await self._session_event(DmtHello, device=identity)
+        self._status = registry.connected(link, identity, received_at)
+        await registry.publish(link, self._status)
+
+    async def _on_record(self, event: RecordReceived, received_at: datetime, millis: bytes) -> None:
+        hello = self._hello
+        assert hello is not None  # the core allows records only after HELLO
+        record = event.record
+        ledger = self.link.ledger
+        value = telemetry_record_json(
+            record,
+            hello,
+            session_id=self.link.session_id,
+            ingestor=self.link.instance,
+            received_at=received_at,
+        )
+        await ledger.publish(Topic.RECORDS, self._key, value)
+        rid = record_id(PROTOCOL, hello.imei, record.sequence, record.device_time)
+        headers = [
+            (_RECORD_ID, rid.encode()),
+            *self._raw_headers,
+            (_RECEIVED_AT, millis),
+            (_MESSAGE_TYPE, str(int(event.message_type)).encode()),
+        ]
+        await ledger.publish(Topic.DMT_RAW, self._key, event.raw, headers)
+        metrics.records.inc()
+        if _newer(record, self._latest):
+            self._latest = record
+        if _has_fix(record) and _newer(record, self._latest_fix):
+            self._latest_fix = record
+
+    async def _on_commit(self) -> None:
+        started = time.monotonic()
+        await self._publish_status()
+        await self.link.ledger.barrier()  # every record before the request is in Kafka
+        if self._conn.commit():
+            await self.link.transmit()
+            metrics.commits.inc()
+            metrics.commit_seconds.observe(time.monotonic() - started)
+
+    async def _publish_status(self) -> None:
+        """Fold the records since the last status into the registry entry and publish it."""
+        hello, status = self._hello, self._status
+        if hello is None or status is None or self._latest is None:
+            return
+        received_at = datetime.now(UTC)
+        for record in (self._latest_fix, self._latest):
+            if record is not None:
+                model = telemetry_record(
+                    record,
+                    hello,
+                    session_id=self.link.session_id,
+                    ingestor=self.link.instance,
+                    received_at=received_at,
+                )
+                status = apply_record(status, model)
+        self._status = status
+        self._latest = self._latest_fix = None
+        await registry.publish(self.link, status)
+
+    async def _session_event(self, model: type[Any], **fields: Any) -> None:
+        link = self.link
+        event = model(
+            session_id=link.session_id,
+            ingestor=link.instance,
+            imei=link.imei,
+            at=datetime.now(UTC),
+            **fields,
+        )
+        key = (link.imei or link.session_id).encode()
+        await link.ledger.publish(Topic.DMT_SESSIONS, key, encode(event))
