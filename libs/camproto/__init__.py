@@ -27,6 +27,7 @@ from .events import (
     SessionStarted,
     StatusReceived,
     TransferComplete,
+    TransferRefused,
     TransferStarted,
 )
 from .files import Camera, CameraFile, DualCamSlot, Media
@@ -43,6 +44,7 @@ from .policy import (
     DefaultPolicy,
     DelegatingPolicy,
     EmptyFileMemory,
+    FileSizeLimits,
     PolicyBase,
     ResumePoint,
     ServerPolicy,
@@ -95,6 +97,7 @@ __all__ = [
     "FileGivenUp",
     "FileOffered",
     "FileRequested",
+    "FileSizeLimits",
     "JsonMetadata",
     "LocalInput",
     "LocalProtocolError",
@@ -122,6 +125,7 @@ __all__ = [
     "StatusReceived",
     "TransferComplete",
     "TransferInfo",
+    "TransferRefused",
     "TransferStarted",
     "crc16",
     "decode_metadata",

@@ -29,6 +29,7 @@ __all__ = [
     "SessionStarted",
     "StatusReceived",
     "TransferComplete",
+    "TransferRefused",
     "TransferStarted",
 ]
 
@@ -68,6 +69,16 @@ class FileOffered(Event):
 class MetadataReceived(Event):
     file: CameraFile
     metadata: Metadata
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransferRefused(Event):
+    """The policy refused the file START announced (too large, say); the session closes."""
+
+    file: CameraFile
+    size: int | None
+    packets: int | None
+    reason: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -34,6 +34,7 @@ from .events import (
     SessionStarted,
     StatusReceived,
     TransferComplete,
+    TransferRefused,
     TransferStarted,
 )
 from .files import PATH_FILE_READY_BIT, CameraFile, offered_slots
@@ -475,6 +476,11 @@ class ServerConnection:
         info = TransferInfo(
             file=file, size=size, packets=packets, device_crc=device_crc, metadata=self._metadata
         )
+        refusal = self.policy.refuse_transfer(session, info)
+        if refusal is not None:
+            events.append(TransferRefused(file=file, size=size, packets=packets, reason=refusal))
+            self._close(f"{file} refused: {refusal}", False, events)
+            return
         point = self.policy.resume_point(session, info)
         limit = value * DATA_CHUNK if by_packets else value
         aligned = point.offset % DATA_CHUNK == 0 or not by_packets

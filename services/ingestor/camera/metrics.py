@@ -36,8 +36,14 @@ progress_errors = Counter(
     "fleetgate_ingestor_progress_errors_total",
     "Progress records not sent, not acknowledged, malformed, or failed reads",
 )
+refused = Counter(
+    "fleetgate_ingestor_transfers_refused_total",
+    "Files refused at START: over the camera kind's size limit",
+    ["camera"],
+)
 
 for _result in ("resumed", "complete", "lost"):
     resumes.labels(_result)
 for _camera in ("dualcam", "dsm", "adas", "dashcam", "unknown"):
     files.labels(_camera)
+    refused.labels(_camera)

@@ -28,7 +28,7 @@ class CameraProtocol(Protocol):
 
     name: ClassVar[str] = "camera"
     hello: ClassVar[str] = "INIT"
-    close_reasons: ClassVar[tuple[str, ...]] = ("resume_reset",)
+    close_reasons: ClassVar[tuple[str, ...]] = ("resume_reset", "refused", "too_slow")
     settings_class: ClassVar[type[ListenerSettings]] = CameraSettings
 
     def __init__(

@@ -38,6 +38,7 @@ from camproto import (
     SessionClosed,
     SessionStarted,
     TransferComplete,
+    TransferRefused,
     TransferStarted,
 )
 from contracts import ChunkMeta, Topic, TransferProgress
@@ -87,6 +88,7 @@ class _Transfer:
     started: float
     resume_offset: int
     total: int  # as START said: packets (DualCam) or bytes
+    clock: float  # when START came, in the edge's clock (the ``now`` it passes)
     file_crc: int  # CRC-16 of the bytes received so far, from byte 0
     durable: int  # bytes [0, durable) acknowledged by Kafka: a resume point
     durable_crc: int
@@ -120,9 +122,10 @@ class CameraSession(Session):
         #: Where resume points come from, and where progress goes (shared by the sessions).
         self.book = book
         self.publisher = publisher
-        self._policy = ResumePolicy(
-            book, link.session_id, DefaultPolicy(metadata=settings.request_metadata)
+        base = DefaultPolicy(
+            metadata=settings.request_metadata, max_file_bytes=settings.file_size_limits()
         )
+        self._policy = ResumePolicy(book, link.session_id, base)
         self._conn = ServerConnection(self._policy)
         self._metadata: dict[bytes, Metadata] = {}
         self._transfer: _Transfer | None = None
@@ -130,6 +133,7 @@ class CameraSession(Session):
         self._opened = time.monotonic()
         self._abort: str | None = None
         self._detail = "session closed"
+        self._now = 0.0  # the edge's clock, as last passed in
 
     @property
     def session_id(self) -> str:
@@ -159,7 +163,21 @@ class CameraSession(Session):
         return self._conn.closed_reason or self._detail
 
     def next_deadline(self) -> float | None:
-        return self._conn.next_deadline()
+        deadline = self._conn.next_deadline()
+        too_slow = self._too_slow_at()
+        if too_slow is not None and (deadline is None or too_slow < deadline):
+            return too_slow
+        return deadline
+
+    def _too_slow_at(self) -> float | None:
+        """When the file being received has been too slow (only while its data comes)."""
+        transfer = self._transfer
+        if transfer is None or self._conn.state not in (
+            ServerState.AWAIT_SYNC,
+            ServerState.RECEIVING,
+        ):
+            return None
+        return self.settings.transfer_deadline(transfer.clock, transfer.bytes)
 
     def data_to_send(self) -> bytes:
         return self._conn.data_to_send()
@@ -173,6 +191,7 @@ class CameraSession(Session):
         await self._session_event(wire.Connected, peer=self.link.peer)
 
     async def receive_data(self, data: bytes, now: float) -> None:
+        self._now = max(self._now, now)
         try:
             events = self._conn.receive_data(data, now)
         except RemoteProtocolError as exc:
@@ -181,6 +200,8 @@ class CameraSession(Session):
         if self._abort is not None:
             self.link.close_reason = "resume_reset"
             await self.close(self._abort)
+            return
+        await self._too_slow(now)  # a trickle keeps the idle timer quiet, not this one
 
     async def receive_eof(self) -> None:
         try:
@@ -190,10 +211,38 @@ class CameraSession(Session):
         await self._handle(events)
 
     async def handle_timeout(self, now: float) -> None:
+        self._now = max(self._now, now)
+        if await self._too_slow(now):
+            return
         await self._handle(self._conn.handle_timeout(now))
         if self.closed:
             self.link.close_reason = "device_closed"
             self._detail = "device stopped answering RESUME"
+
+    async def _too_slow(self, now: float) -> bool:
+        """Close the session if the file being received is past its deadline (a trickle)."""
+        too_slow = self._too_slow_at()
+        transfer = self._transfer
+        if too_slow is None or transfer is None or now < too_slow or self.closed:
+            return False
+        elapsed = now - transfer.clock
+        rate = transfer.bytes / elapsed if elapsed > 0 else 0.0
+        self.link.close_reason = "too_slow"
+        self.link.log.warning(
+            "transfer_too_slow",
+            file=transfer.file.path,
+            received=transfer.bytes,
+            seconds=round(elapsed, 3),
+            bytes_per_second=round(rate),
+        )
+        settings = self.settings
+        await self.close(
+            f"{transfer.file} too slow: {transfer.bytes} bytes in {elapsed:.1f} s "
+            f"({rate:.0f} B/s; a file must average {settings.transfer_min_bytes_per_second:g} "
+            f"B/s after {settings.transfer_rate_grace_seconds:g} s and take at most "
+            f"{settings.transfer_max_seconds:g} s)"
+        )
+        return True
 
     async def close(self, detail: str) -> None:
         """Send CLOSE SESSION: the device comes back later (here or elsewhere) for the rest."""
@@ -258,6 +307,16 @@ class CameraSession(Session):
             elif isinstance(event, SessionClosed):
                 if event.clean:
                     self.link.close_reason = "clean"
+            elif isinstance(event, TransferRefused):
+                self.link.close_reason = "refused"
+                metrics.refused.labels(event.file.camera.value).inc()
+                self.link.log.warning(
+                    "transfer_refused",
+                    file=event.file.path,
+                    size=event.size,
+                    packets=event.packets,
+                    reason=event.reason,
+                )
             elif isinstance(event, FileEmpty):
                 self.link.log.info("file_empty", file=event.file.path)
             elif isinstance(event, FileGivenUp):
@@ -320,6 +379,7 @@ class CameraSession(Session):
             started=time.monotonic(),
             resume_offset=event.resume_offset,
             total=total,
+            clock=self._now,
             file_crc=resumed_crc,
             durable=event.resume_offset,
             durable_crc=resumed_crc,
