@@ -28,6 +28,7 @@ from .events import (
     StatusReceived,
     TransferComplete,
     TransferRefused,
+    TransferRestarted,
     TransferStarted,
 )
 from .files import Camera, CameraFile, DualCamSlot, Media
@@ -126,6 +127,7 @@ __all__ = [
     "TransferComplete",
     "TransferInfo",
     "TransferRefused",
+    "TransferRestarted",
     "TransferStarted",
     "crc16",
     "decode_metadata",

@@ -93,10 +93,17 @@ class FileSizeLimits:
 
 @dataclass(frozen=True, slots=True)
 class ResumePoint:
-    """Where to resume: ``offset`` bytes already kept, ``crc`` the CRC of those bytes."""
+    """Where to resume: ``offset`` bytes already kept, ``crc`` the CRC of those bytes.
+
+    ``file_crc``, for a file kept whole already (resumed at its last packet), is the CRC of
+    all of it: a resent file that ends with another CRC is another file. The server checks
+    what the device sends against the point and starts over from 0
+    (:class:`~camproto.TransferRestarted`) when it is another file.
+    """
 
     offset: int = 0
     crc: int = 0
+    file_crc: int | None = None
 
 
 class ServerPolicy(Protocol):

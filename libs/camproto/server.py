@@ -35,6 +35,7 @@ from .events import (
     StatusReceived,
     TransferComplete,
     TransferRefused,
+    TransferRestarted,
     TransferStarted,
 )
 from .files import PATH_FILE_READY_BIT, CameraFile, offered_slots
@@ -122,6 +123,10 @@ class _Transfer:
     after_sync: bool = True
     ignored: int = 0  # DATA packets dropped while waiting for SYNC
     failures: int = 0  # CRC mismatches since the last good chunk
+    #: The resume point the policy gave (0: from the start): what arrives there is checked.
+    resumed_at: int = 0
+    #: CRC of the whole file kept already (a resume at its last packet), to compare.
+    expected_file_crc: int | None = None
 
     def wire_offset(self, offset: int, first: int) -> int:
         if not self.by_packets:
@@ -494,6 +499,8 @@ class ServerConnection:
             received=point.offset,
             chain=point.crc,
             file_crc=point.crc,
+            resumed_at=point.offset,
+            expected_file_crc=point.file_crc if point.offset else None,
         )
         events.append(
             TransferStarted(
@@ -584,11 +591,32 @@ class ServerConnection:
                 CrcMismatch(file=transfer.file, offset=offset, expected=chained, received=crc)
             )
             transfer.failures += 1
+            if offset == transfer.resumed_at > 0 and transfer.failures >= min(
+                2, self.config.max_resume_attempts
+            ):
+                # A device that chains its CRC across RESUME computes it over its own bytes
+                # before the point: mismatching there again, they are not the bytes kept.
+                self._restart(
+                    f"the device's CRC chain at byte {offset} does not continue the CRC of "
+                    f"the {offset} bytes kept ({transfer.failures} times): another file",
+                    now,
+                    events,
+                )
+                return
             if transfer.failures >= self.config.max_resume_attempts:
                 reason = f"{transfer.failures} CRC mismatches in a row at byte {offset}"
                 self._close(reason, False, events)
                 return
             self._send_resume(now, retry=False)
+            return
+        expected = transfer.expected_file_crc
+        if last and expected is not None and file_crc != expected:
+            self._restart(
+                f"the resent file ends with CRC {file_crc:#06x}, the file kept has "
+                f"{expected:#06x}: another file",
+                now,
+                events,
+            )
             return
         events.append(
             ChunkReceived(
@@ -619,6 +647,25 @@ class ServerConnection:
                 )
             )
             self.state = S.AWAIT_CONFIRM
+
+    def _restart(self, reason: str, now: float, events: list[Event]) -> None:
+        """What came from the resume point belongs to another file: fetch it all again."""
+        transfer = self._transfer
+        assert transfer is not None
+        events.append(
+            TransferRestarted(
+                file=transfer.file,
+                size=None if transfer.by_packets else transfer.total,
+                packets=transfer.total if transfer.by_packets else None,
+                device_crc=transfer.device_crc,
+                offset=transfer.resumed_at,
+                reason=reason,
+            )
+        )
+        transfer.received = transfer.chain = transfer.file_crc = transfer.resumed_at = 0
+        transfer.expected_file_crc = None
+        transfer.failures = 0
+        self._send_resume(now, retry=False)
 
     def _on_status(self, payload: bytes, now: float, events: list[Event]) -> None:
         status = _U32.unpack(payload)[0]

@@ -304,6 +304,7 @@ def transfer_id(
     device_crc: int | None,
     captured_ms: int | None,
     nonce: str = "",
+    generation: int = 0,
 ) -> str:
     """Recognise a transfer across reconnects and ingestors.
 
@@ -312,8 +313,15 @@ def transfer_id(
     metadata. Without a capture time two different photos of one DualCam slot could look the
     same, so callers then pass a session-unique ``nonce`` and the transfer is not resumed
     across sessions.
+
+    Two different files can still agree on all of that (a camera whose clock is stuck):
+    ``generation`` 1, 2 ... names the second, third ... of them (0, the first, keeps the id
+    it always had). The ingestor moves to the next generation when the bytes a device sends
+    do not continue the ones Kafka holds, or when another session owns the transfer.
     """
     key = f"{imei}|{identifier.hex()}|{total}|{device_crc}|{captured_ms}|{nonce}"
+    if generation:
+        key += f"|g{generation}"
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 

@@ -23,7 +23,8 @@ transfer_seconds = Histogram(
 resumes = Counter(
     "fleetgate_ingestor_resumes_total",
     "Transfers resumed from the progress topic: resumed (from the durable offset), complete "
-    "(done already, only the last packet resent), lost (the chunk log was reset: restarted)",
+    "(done already, only the last packet resent), lost (the chunk log was reset: restarted), "
+    "differs (the device's bytes were another file's: started over under a new id)",
     ["result"],
 )
 resumed_bytes = Counter(
@@ -42,7 +43,7 @@ refused = Counter(
     ["camera"],
 )
 
-for _result in ("resumed", "complete", "lost"):
+for _result in ("resumed", "complete", "lost", "differs"):
     resumes.labels(_result)
 for _camera in ("dualcam", "dsm", "adas", "dashcam", "unknown"):
     files.labels(_camera)

@@ -39,6 +39,7 @@ from camproto import (
     SessionStarted,
     TransferComplete,
     TransferRefused,
+    TransferRestarted,
     TransferStarted,
 )
 from contracts import ChunkMeta, Topic, TransferProgress
@@ -49,7 +50,7 @@ from ..sink import KafkaFailed
 from . import metrics
 from .convert import capture_info, file_info
 from .progress import ProgressBook, ProgressPublisher
-from .resume import ResumePolicy
+from .resume import Claims, Decision, ResumePolicy
 from .settings import CameraSettings
 
 __all__ = ["CameraSession"]
@@ -82,6 +83,7 @@ class _Record:
 @dataclass(slots=True)
 class _Transfer:
     id: str
+    decision: Decision  # how the policy named it (to name it again if it starts over)
     file: CameraFile
     origin: int  # Kafka offset of the transfer's first start record
     partition: int  # chunk-topic partition of its records
@@ -116,6 +118,7 @@ class CameraSession(Session):
         settings: CameraSettings,
         book: ProgressBook,
         publisher: ProgressPublisher,
+        claims: Claims | None = None,
     ) -> None:
         self.link = link
         self.settings = settings
@@ -126,6 +129,8 @@ class CameraSession(Session):
             metadata=settings.request_metadata, max_file_bytes=settings.file_size_limits()
         )
         self._policy = ResumePolicy(book, link.session_id, base)
+        if claims is not None:
+            self._policy.claims = claims
         self._conn = ServerConnection(self._policy)
         self._metadata: dict[bytes, Metadata] = {}
         self._transfer: _Transfer | None = None
@@ -283,7 +288,9 @@ class CameraSession(Session):
             elif isinstance(event, TransferComplete):
                 await self._on_complete(event)
             elif isinstance(event, TransferStarted):
-                await self._on_started(event)
+                await self._on_started(event, self._policy.take(event.file))
+            elif isinstance(event, TransferRestarted):
+                await self._on_restarted(event)
             elif isinstance(event, CrcMismatch):
                 await self._on_crc_mismatch(event)
             elif isinstance(event, MetadataReceived):
@@ -326,11 +333,11 @@ class CameraSession(Session):
             elif isinstance(event, PathEmpty):
                 self.link.log.info("path_empty")  # the device has no file ready
 
-    async def _on_started(self, event: TransferStarted) -> None:
+    async def _on_started(self, event: TransferStarted, decision: Decision) -> None:
+        """START came (``decision``: the id and resume point the policy gave it)."""
         assert self.imei is not None
         metadata = self._metadata.get(event.file.identifier)
         total = event.size if event.size is not None else event.packets or 0
-        decision = self._policy.take(event.file)  # the id and resume point START got
         transfer_id, entry = decision.transfer_id, decision.entry
         if entry is not None and not entry.complete and entry.offset != event.resume_offset:
             entry = None  # camproto found the point unusable: the file starts at 0
@@ -373,6 +380,7 @@ class CameraSession(Session):
         resumed_crc = entry.crc if entry is not None and resumed else 0
         self._transfer = _Transfer(
             id=transfer_id,
+            decision=decision,
             file=event.file,
             origin=origin,
             partition=partition,
@@ -394,6 +402,33 @@ class CameraSession(Session):
             packets=event.packets,
             resume_offset=event.resume_offset,
         )
+
+    async def _on_restarted(self, event: TransferRestarted) -> None:
+        """The device's bytes from the resume point are another file's than the ones Kafka
+        holds: name it anew (the next generation of its identity) and take it from byte 0.
+        The transfer resumed stays as it was (stored, or left incomplete)."""
+        transfer = self._transfer
+        assert transfer is not None
+        await self._flush_record()
+        metrics.resumes.labels("differs").inc()
+        decision = self._policy.restarted(transfer.decision)
+        self.link.log.warning(
+            "transfer_restarted",
+            file=event.file.path,
+            resume_offset=event.offset,
+            reason=event.reason,
+            new_transfer=decision.transfer_id,
+            generation=decision.generation,
+        )
+        self.link.log = self.link.log.unbind("transfer")
+        started = TransferStarted(
+            file=event.file,
+            size=event.size,
+            packets=event.packets,
+            device_crc=event.device_crc,
+            resume_offset=0,
+        )
+        await self._on_started(started, decision)
 
     async def _publish_start(
         self, event: TransferStarted, transfer_id: str, metadata: Metadata | None
@@ -600,19 +635,13 @@ class CameraSession(Session):
             device_crc_ok=event.device_crc_ok,
             durable_seconds=durable,
         )
+        self._policy.release(transfer.id)
         self._transfer = None
         self.link.log = self.link.log.unbind("transfer")
 
     async def _on_replayed(self, transfer: _Transfer, event: TransferComplete) -> None:
         """A transfer already complete in Kafka came again: confirm it, publish nothing."""
-        entry = transfer.replay
-        assert entry is not None
-        if entry.file_crc is not None and entry.file_crc != event.file_crc:
-            # Same IMEI, file, size and capture time, other bytes at the end: keep what is
-            # stored (its records are all in Kafka) and say so.
-            self.link.log.warning(
-                "replay_differs", stored_crc=entry.file_crc, resent_crc=event.file_crc
-            )
+        # camproto compared the file's CRC with the stored one (another file starts over).
         self._conn.confirm_file()
         await self._write()
         self.link.log.info(
@@ -630,6 +659,7 @@ class CameraSession(Session):
             device_crc_ok=event.device_crc_ok,
             durable_seconds=0.0,
         )
+        self._policy.release(transfer.id)
         self._transfer = None
         self.link.log = self.link.log.unbind("transfer")
 
@@ -654,6 +684,8 @@ class CameraSession(Session):
     async def finish(self, detail: str) -> None:
         """Valid bytes are worth keeping for a resume: flush them, say the session closed,
         and, cut short mid-file, publish where a resume can start."""
+        # The socket is gone: the device's next session may take its transfer on at once.
+        self._policy.claims.release_session(self.session_id)
         await self._flush_record()
         await self._session_event(
             wire.Closed,
