@@ -136,6 +136,10 @@ async def test_trickle_is_closed_while_a_fleet_uploads(kafka: str) -> None:
     assert len(trickled_bytes) == 1
     sent = trickled_bytes[0]
     assert 0 < len(sent) < 20_000
+    print(
+        f"\n[limits] trickle at 1 KiB/s closed after {trickled:.2f} s with {len(sent)} bytes "
+        f"durable; fleet of {fleet.devices}: {report.summary()}"
+    )
     assert sent == dualcam_video(300_000).data[: len(sent)]
     assert crc16(sent) == crc16(dualcam_video(300_000).data[: len(sent)])
 
