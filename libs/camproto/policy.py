@@ -96,14 +96,19 @@ class ResumePoint:
     """Where to resume: ``offset`` bytes already kept, ``crc`` the CRC of those bytes.
 
     ``file_crc``, for a file kept whole already (resumed at its last packet), is the CRC of
-    all of it: a resent file that ends with another CRC is another file. The server checks
-    what the device sends against the point and starts over from 0
-    (:class:`~camproto.TransferRestarted`) when it is another file.
+    all of it: a resent file that ends with another CRC is another file. ``verify_offset``,
+    past ``offset``, says bytes up to it are kept too, with ``verify_crc`` the CRC at their
+    end: resuming a packet early, the server compares the device's bytes with them whatever
+    the device does with its CRC chain. The server checks what the device sends against the
+    point and starts over from 0 (:class:`~camproto.TransferRestarted`) when it is another
+    file.
     """
 
     offset: int = 0
     crc: int = 0
     file_crc: int | None = None
+    verify_offset: int | None = None
+    verify_crc: int = 0
 
 
 class ServerPolicy(Protocol):

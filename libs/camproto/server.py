@@ -127,6 +127,9 @@ class _Transfer:
     resumed_at: int = 0
     #: CRC of the whole file kept already (a resume at its last packet), to compare.
     expected_file_crc: int | None = None
+    #: Bytes up to here are kept already, with CRC ``verify_crc`` at their end, to compare.
+    verify_at: int | None = None
+    verify_crc: int = 0
 
     def wire_offset(self, offset: int, first: int) -> int:
         if not self.by_packets:
@@ -502,6 +505,9 @@ class ServerConnection:
             resumed_at=point.offset,
             expected_file_crc=point.file_crc if point.offset else None,
         )
+        verify = point.verify_offset
+        if verify is not None and point.offset < verify <= limit:
+            self._transfer.verify_at, self._transfer.verify_crc = verify, point.verify_crc
         events.append(
             TransferStarted(
                 file=file,
@@ -580,8 +586,9 @@ class ServerConnection:
                     f"bytes START announced (state {self.state_name})"
                 )
             last = offset + size == transfer.total
-        file_crc = crc16(data, transfer.file_crc)
-        chained = file_crc if transfer.chain == transfer.file_crc else crc16(data, transfer.chain)
+        before = transfer.file_crc
+        file_crc = crc16(data, before)
+        chained = file_crc if transfer.chain == before else crc16(data, transfer.chain)
         if crc == chained:
             crc_init = transfer.chain
         elif transfer.after_sync and crc == crc16(data):
@@ -609,6 +616,18 @@ class ServerConnection:
                 return
             self._send_resume(now, retry=False)
             return
+        verify = transfer.verify_at
+        if verify is not None and offset < verify <= offset + size:
+            kept = file_crc if verify == offset + size else crc16(data[: verify - offset], before)
+            if kept != transfer.verify_crc:
+                self._restart(
+                    f"the bytes resent before byte {verify} have CRC {kept:#06x}, the ones "
+                    f"kept {transfer.verify_crc:#06x}: another file",
+                    now,
+                    events,
+                )
+                return
+            transfer.verify_at = None
         expected = transfer.expected_file_crc
         if last and expected is not None and file_crc != expected:
             self._restart(
@@ -663,7 +682,7 @@ class ServerConnection:
             )
         )
         transfer.received = transfer.chain = transfer.file_crc = transfer.resumed_at = 0
-        transfer.expected_file_crc = None
+        transfer.expected_file_crc = transfer.verify_at = None
         transfer.failures = 0
         self._send_resume(now, retry=False)
 

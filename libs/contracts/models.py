@@ -123,6 +123,15 @@ class TransferProgress(_Model):
         description="Kafka offset of the last chunk record `offset` counts: a later start "
         "record of the transfer must lie beyond it, or the log was reset",
     )
+    check_offset: int | None = Field(
+        None,
+        description="start of the last DATA packet before `offset`: a resume restarts here, "
+        "and the bytes the device resends up to `offset` must give `crc` again (the device "
+        "still holds the same file)",
+    )
+    check_crc: int | None = Field(
+        None, description="CRC-16 of bytes [0, check_offset), as the device chains it"
+    )
     complete: bool = Field(False, description="every byte and the end record are durable")
     size: int | None = Field(None, description="file size in bytes, once complete")
     file_crc: int | None = Field(None, description="CRC-16 of the whole file, once complete")

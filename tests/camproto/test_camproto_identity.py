@@ -136,3 +136,38 @@ def test_a_bad_packet_at_the_point_is_resent_not_restarted() -> None:
     assert len(run.events_of(CrcMismatch)) == 1 and run.events_of(TransferRestarted) == []
     (complete,) = run.events_of(TransferComplete)
     assert complete.file_crc == crc16(OLD)
+
+
+def early(kept: int, back: int, data: bytes = OLD) -> ResumePoint:
+    """Resume ``back`` bytes before ``kept``: those are resent and compared."""
+    return ResumePoint(
+        kept - back, crc16(data[: kept - back]), verify_offset=kept, verify_crc=crc16(data[:kept])
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "back"),
+    # DualCam resumes in whole packets; a DSM file anywhere
+    [(False, DATA_CHUNK), (False, 2 * DATA_CHUNK), (True, DATA_CHUNK), (True, 500)],
+)
+@pytest.mark.parametrize("chained", [False, True])
+def test_a_packet_resent_before_the_point_proves_the_file(
+    path: bool, back: int, chained: bool
+) -> None:
+    same = pair(OLD, early(KEPT, back), chained=chained, path=path).run()
+    assert same.events_of(TransferRestarted) == []
+    assert list(same.store.files().values()) == [OLD]
+    other = pair(NEW, early(KEPT, back), chained=chained, path=path).run()
+    (restarted,) = other.events_of(TransferRestarted)
+    assert restarted.offset == KEPT - back
+    if not chained:  # the packet checks out alone; the bytes kept do not
+        assert f"the bytes resent before byte {KEPT}" in restarted.reason
+    assert list(other.store.files().values()) == [NEW]
+
+
+@pytest.mark.parametrize("verify", [KEPT, 6000])
+def test_a_verify_offset_not_past_the_point_or_beyond_the_file_is_ignored(verify: int) -> None:
+    point = ResumePoint(KEPT, crc16(OLD[:KEPT]), verify_offset=verify, verify_crc=1)
+    run = pair(OLD, point, chained=False).run()
+    assert run.events_of(TransferRestarted) == []
+    assert list(run.store.files().values()) == [OLD]

@@ -91,24 +91,44 @@ async def test_same_identity_at_once(tmp_path: Path) -> None:
     assert [h.resumed for h in hoppers] == [[0], [0]]  # the second started over at 0
 
 
-async def test_chained_device_with_another_file_than_the_one_kept_is_not_stuck(
-    tmp_path: Path,
+@pytest.mark.parametrize("chained", [False, True], ids=["crc-restarts", "crc-chained"])
+async def test_another_file_than_the_one_half_kept_starts_over(
+    tmp_path: Path, chained: bool
 ) -> None:
     """The first file got halfway (then the camera replaced it); the second, with the same
     identity, would resume there: a device chaining its CRC across RESUME was refused at that
-    point session after session. It starts over and is stored."""
+    point session after session, one restarting its chain was stored as the first file's
+    head and its own tail. The resume starts one packet early, and that packet must be the
+    one Kafka holds: it is not, so the file starts over and is stored whole."""
     async with pipeline(tmp_path) as line:
         ingestor = line.ingestor("a")
         line.assembler()
         await ingestor.wait_listening()
         assert ingestor.port is not None
         first = Hopper(
-            camera(FIRST, chained=True), [ingestor.port], cut_after={0: 150}, max_connections=1
+            camera(FIRST, chained=chained), [ingestor.port], cut_after={0: 150}, max_connections=1
         )
         await first.run(within=30)
-        second = Hopper(camera(SECOND, chained=True), [ingestor.port])
+        second = Hopper(camera(SECOND, chained=chained), [ingestor.port])
         await second.run(within=30)
         objects = await stored(line, 1)
     assert first.accepted == [] and second.accepted == [FIRST.file]
     assert objects == [SECOND.data]
     assert second.resumed[0] > 0 and second.resumed[-1] == 0  # resumed, refused, started over
+    assert second.connections == 1
+
+
+async def test_the_same_file_resumes_one_packet_early(tmp_path: Path) -> None:
+    async with pipeline(tmp_path) as line:
+        ingestor = line.ingestor("a")
+        line.assembler()
+        await ingestor.wait_listening()
+        assert ingestor.port is not None
+        device = camera(FIRST, chained=False)
+        hopper = Hopper(device, [ingestor.port], cut_after={0: 150})
+        await hopper.run(within=30)
+        objects = await stored(line, 1)
+    assert objects == [FIRST.data] and hopper.accepted == [FIRST.file]
+    assert ingestor.events("transfer_restarted") == []
+    first, resumed = hopper.resumed
+    assert first == 0 and 0 < resumed < 150 * DATA_CHUNK and resumed % DATA_CHUNK == 0

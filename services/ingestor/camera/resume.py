@@ -36,6 +36,7 @@ __all__ = [
     "Claims",
     "Decision",
     "ResumePolicy",
+    "resume_point_of",
     "transfer_key",
 ]
 
@@ -65,6 +66,22 @@ def transfer_key(imei: int | str, transfer: TransferInfo, nonce: str, generation
         nonce="" if captured is not None else nonce,
         generation=generation,
     )
+
+
+def resume_point_of(entry: TransferProgress) -> ResumePoint:
+    """Where a transfer known from its progress record resumes, and what proves the device
+    still holds the same file.
+
+    Incomplete, with a check point: one packet before the durable offset, the device's
+    resent packet to give the stored CRC at the offset again (whatever the device does with
+    its CRC chain). Complete: at its last packet, the file to end with the stored CRC.
+    """
+    if entry.complete:
+        return ResumePoint(entry.offset, entry.crc, entry.file_crc)
+    check = entry.check_offset
+    if check is not None and entry.check_crc is not None and 0 <= check < entry.offset:
+        return ResumePoint(check, entry.check_crc, verify_offset=entry.offset, verify_crc=entry.crc)
+    return ResumePoint(entry.offset, entry.crc)
 
 
 @dataclass(slots=True)
@@ -160,8 +177,7 @@ class ResumePolicy(DelegatingPolicy):
             generation, candidate = latest
             if candidate.total == total and (candidate.offset > 0 or candidate.complete):
                 entry = candidate
-                file_crc = candidate.file_crc if candidate.complete else None
-                point = ResumePoint(candidate.offset, candidate.crc, file_crc)
+                point = resume_point_of(candidate)
         if generation is None:
             generation = self._free(ids, {g for g, _ in known})
         decision = self._decide(session.imei, transfer, generation, point, entry)

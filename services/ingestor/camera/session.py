@@ -78,6 +78,9 @@ class _Record:
     #: is their CRC-16.
     safe_end: int
     safe_crc: int
+    #: The safe point one packet before: a resume restarts there, to compare that packet.
+    check_end: int
+    check_crc: int
 
 
 @dataclass(slots=True)
@@ -94,12 +97,15 @@ class _Transfer:
     file_crc: int  # CRC-16 of the bytes received so far, from byte 0
     durable: int  # bytes [0, durable) acknowledged by Kafka: a resume point
     durable_crc: int
+    #: The start of the last durable packet and its CRC, once one is acknowledged here.
+    check: tuple[int, int] | None = None
     #: The transfer was complete in Kafka already (the device never heard REPEAT INIT): the
     #: resent tail is checked and confirmed, nothing is published.
     replay: TransferProgress | None = None
     record: _Record | None = None
-    #: Chunk records not yet acknowledged, in order: (future, safe_end, safe_crc).
-    acks: deque[tuple[asyncio.Future[Any], int, int]] = field(default_factory=deque)
+    #: Chunk records not yet acknowledged, in order: (future, safe_end, safe_crc, and the
+    #: check point before it).
+    acks: deque[tuple[asyncio.Future[Any], int, int, int, int]] = field(default_factory=deque)
     broken: bool = False  # a chunk record failed: no more progress is published
     #: Kafka offset of the last record of the transfer acknowledged in this session.
     last_offset: int = -1
@@ -338,8 +344,8 @@ class CameraSession(Session):
         assert self.imei is not None
         metadata = self._metadata.get(event.file.identifier)
         total = event.size if event.size is not None else event.packets or 0
-        transfer_id, entry = decision.transfer_id, decision.entry
-        if entry is not None and not entry.complete and entry.offset != event.resume_offset:
+        transfer_id, entry, point = decision.transfer_id, decision.entry, decision.point
+        if entry is not None and point.offset != event.resume_offset:
             entry = None  # camproto found the point unusable: the file starts at 0
         self.link.log = self.link.log.bind(transfer=transfer_id)
         start_offset = -1
@@ -376,8 +382,7 @@ class CameraSession(Session):
                 metrics.resumes.labels("resumed").inc()
                 metrics.resumed_bytes.inc(event.resume_offset)
                 origin = entry.origin  # chunk records point back at the first start
-        resumed = entry is not None and entry.offset == event.resume_offset
-        resumed_crc = entry.crc if entry is not None and resumed else 0
+        resumed_crc = point.crc if entry is not None else 0
         self._transfer = _Transfer(
             id=transfer_id,
             decision=decision,
@@ -483,8 +488,12 @@ class CameraSession(Session):
                 size=size,
                 safe_end=event.offset,
                 safe_crc=before,
+                check_end=event.offset,
+                check_crc=before,
             )
-        record.safe_end, record.safe_crc = event.resume_end, event.resume_crc
+        if event.resume_end > record.safe_end:
+            record.check_end, record.check_crc = record.safe_end, record.safe_crc
+            record.safe_end, record.safe_crc = event.resume_end, event.resume_crc
 
     async def _flush_record(self) -> None:
         transfer = self._transfer
@@ -501,7 +510,9 @@ class CameraSession(Session):
         ).headers()
         value = b"".join(record.parts)
         future = await self._send(Topic.CHUNKS, transfer.id.encode(), value, headers)
-        transfer.acks.append((future, record.safe_end, record.safe_crc))
+        transfer.acks.append(
+            (future, record.safe_end, record.safe_crc, record.check_end, record.check_crc)
+        )
         future.add_done_callback(lambda _: self._settle_acks(transfer))
 
     def _settle_acks(self, transfer: _Transfer) -> None:
@@ -509,7 +520,7 @@ class CameraSession(Session):
         publish it (called as acknowledgements arrive)."""
         advanced = False
         while transfer.acks and transfer.acks[0][0].done():
-            future, end, crc = transfer.acks.popleft()
+            future, end, crc, check_end, check_crc = transfer.acks.popleft()
             if future.cancelled() or future.exception() is not None:
                 transfer.broken = True  # the session fails on it; nothing more is claimed
                 transfer.acks.clear()
@@ -518,6 +529,7 @@ class CameraSession(Session):
                 return
             if end > transfer.durable:
                 transfer.durable, transfer.durable_crc = end, crc
+                transfer.check = (check_end, check_crc) if check_end < end else None
                 advanced = True
         if advanced and not transfer.broken:
             self.publisher.publish(self._progress(transfer))
@@ -558,6 +570,8 @@ class CameraSession(Session):
             total=transfer.total,
             offset=transfer.durable,
             crc=transfer.durable_crc,
+            check_offset=None if transfer.check is None else transfer.check[0],
+            check_crc=None if transfer.check is None else transfer.check[1],
             origin=transfer.origin,
             partition=transfer.partition,
             last_offset=None if transfer.last_offset < 0 else transfer.last_offset,
