@@ -103,3 +103,30 @@ def test_every_generation_in_use_gives_an_id_of_the_session() -> None:
     assert tid not in {gen(g) for g in range(MAX_GENERATIONS)}
     claims.release(tid, "nobody")  # not the owner: nothing changes
     assert claims.owner(tid) == "s1"
+
+
+def checked(tid: str) -> TransferProgress:
+    entry = progress(tid)
+    return entry.model_copy(update={"check_offset": 3072, "check_crc": 0x4321})
+
+
+def test_a_session_takes_over_a_transfer_its_point_proves() -> None:
+    book, claims = ProgressBook(), Claims()
+    book.apply(checked(gen(0)))
+    old, new = policy(book, claims, "old"), policy(book, claims, "new")
+    old.resume_point(SESSION, INFO)
+    assert old.take(FILE).transfer_id == gen(0) and old.owns(gen(0))
+    # the device's new connection, while the old one is not seen to be gone yet
+    point = new.resume_point(SESSION, INFO)
+    assert point == ResumePoint(3072, 0x4321, verify_offset=4096, verify_crc=0x1234)
+    assert new.take(FILE).transfer_id == gen(0)
+    assert new.owns(gen(0)) and not old.owns(gen(0)) and claims.held == {"new": {gen(0)}}
+
+
+def test_a_point_that_proves_nothing_is_not_taken_over() -> None:
+    book, claims = ProgressBook(), Claims()
+    book.apply(progress(gen(0)))  # no check point (an older record)
+    old, new = policy(book, claims, "old"), policy(book, claims, "new")
+    old.resume_point(SESSION, INFO)
+    assert new.resume_point(SESSION, INFO) == ResumePoint()
+    assert new.take(FILE).transfer_id == gen(1) and old.owns(gen(0))

@@ -30,7 +30,12 @@ class CameraProtocol(Protocol):
 
     name: ClassVar[str] = "camera"
     hello: ClassVar[str] = "INIT"
-    close_reasons: ClassVar[tuple[str, ...]] = ("resume_reset", "refused", "too_slow")
+    close_reasons: ClassVar[tuple[str, ...]] = (
+        "resume_reset",
+        "refused",
+        "too_slow",
+        "superseded",
+    )
     settings_class: ClassVar[type[ListenerSettings]] = CameraSettings
 
     def __init__(

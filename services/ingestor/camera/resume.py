@@ -84,12 +84,19 @@ def resume_point_of(entry: TransferProgress) -> ResumePoint:
     return ResumePoint(entry.offset, entry.crc)
 
 
+def proves_the_file(entry: TransferProgress) -> bool:
+    """Whether resuming from ``entry`` compares bytes the device resends with Kafka's."""
+    return entry.complete or (entry.check_offset is not None and entry.check_crc is not None)
+
+
 @dataclass(slots=True)
 class Claims:
     """Which session of this process writes each transfer: one at a time.
 
     A session claims the transfer it starts (or resumes) when START arrives, and releases it
-    when the file is confirmed, started over under another id, or the session ends.
+    when the file is confirmed, started over under another id, or the session ends. A
+    session may take over a transfer another one holds when its resume point proves the file
+    (:func:`proves_the_file`); the one that lost it stops writing it.
     """
 
     owners: dict[str, str] = field(default_factory=dict)
@@ -102,6 +109,10 @@ class Claims:
         return self.owners.get(transfer_id)
 
     def claim(self, transfer_id: str, session: str) -> None:
+        """Make ``session`` the writer (taking it from another one, if any)."""
+        previous = self.owners.get(transfer_id)
+        if previous is not None and previous != session:
+            self.release(transfer_id, previous)
         self.owners[transfer_id] = session
         self.held.setdefault(session, set()).add(transfer_id)
 
@@ -173,11 +184,18 @@ class ResumePolicy(DelegatingPolicy):
         total = transfer.size if transfer.size is not None else transfer.packets or 0
         point, entry, generation = ResumePoint(), None, None
         latest = max(known, key=lambda item: item[1].updated_at, default=None)
-        if latest is not None and not self._taken(ids[latest[0]]):
-            generation, candidate = latest
-            if candidate.total == total and (candidate.offset > 0 or candidate.complete):
-                entry = candidate
-                point = resume_point_of(candidate)
+        if latest is not None:
+            g, candidate = latest
+            usable = candidate.total == total and (candidate.offset > 0 or candidate.complete)
+            if not self._taken(ids[g]):
+                generation = g
+                if usable:
+                    entry, point = candidate, resume_point_of(candidate)
+            elif usable and proves_the_file(candidate):
+                # Another session of this ingestor writes it: most likely this device's old
+                # connection, not yet seen to be gone. The point proves the file, so this
+                # session takes the transfer over; the other stops writing it.
+                generation, entry, point = g, candidate, resume_point_of(candidate)
         if generation is None:
             generation = self._free(ids, {g for g, _ in known})
         decision = self._decide(session.imei, transfer, generation, point, entry)
@@ -198,6 +216,10 @@ class ResumePolicy(DelegatingPolicy):
     def release(self, transfer_id: str) -> None:
         """The session is done with ``transfer_id`` (confirmed, or given up)."""
         self.claims.release(transfer_id, self.nonce)
+
+    def owns(self, transfer_id: str) -> bool:
+        """Whether this session still writes ``transfer_id`` (another may have taken it)."""
+        return self.claims.owner(transfer_id) == self.nonce
 
     def _taken(self, transfer_id: str) -> bool:
         owner = self.claims.owner(transfer_id)

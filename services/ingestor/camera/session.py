@@ -143,6 +143,7 @@ class CameraSession(Session):
         self._received = 0
         self._opened = time.monotonic()
         self._abort: str | None = None
+        self._abort_reason = "resume_reset"
         self._detail = "session closed"
         self._now = 0.0  # the edge's clock, as last passed in
 
@@ -209,7 +210,7 @@ class CameraSession(Session):
             raise await self._salvage(exc) from exc
         await self._handle(events)
         if self._abort is not None:
-            self.link.close_reason = "resume_reset"
+            self.link.close_reason = self._abort_reason
             await self.close(self._abort)
             return
         await self._too_slow(now)  # a trickle keeps the idle timer quiet, not this one
@@ -457,9 +458,24 @@ class CameraSession(Session):
         meta = await self.link.ledger.acknowledged(future)
         return int(meta.offset), int(getattr(meta, "partition", -1))
 
+    def _superseded(self, transfer: _Transfer) -> bool:
+        """Another session took ``transfer`` over (this device's new connection, most likely,
+        while this one was not seen to be gone): write nothing more of it, close."""
+        if self._policy.owns(transfer.id):
+            return False
+        if self._abort is None:
+            self._abort = (
+                f"another connection of this IMEI took transfer {transfer.id} over; "
+                "nothing more of it is written here"
+            )
+            self._abort_reason = "superseded"
+        return True
+
     async def _on_chunk(self, event: ChunkReceived) -> None:
         transfer = self._transfer
         assert transfer is not None
+        if self._superseded(transfer):
+            return
         size = len(event.data)
         transfer.bytes += size
         self._received += size
@@ -499,6 +515,9 @@ class CameraSession(Session):
         transfer = self._transfer
         if transfer is None or transfer.record is None:
             return
+        if self._superseded(transfer):
+            transfer.record = None  # the new owner has them from the device again
+            return
         record, transfer.record = transfer.record, None
         headers = ChunkMeta.chunk(
             transfer.id,
@@ -531,7 +550,7 @@ class CameraSession(Session):
                 transfer.durable, transfer.durable_crc = end, crc
                 transfer.check = (check_end, check_crc) if check_end < end else None
                 advanced = True
-        if advanced and not transfer.broken:
+        if advanced and not transfer.broken and self._policy.owns(transfer.id):
             self.publisher.publish(self._progress(transfer))
 
     def _in_order(self, transfer: _Transfer, meta: Any) -> bool:
@@ -600,6 +619,8 @@ class CameraSession(Session):
     async def _on_complete(self, event: TransferComplete) -> None:
         transfer = self._transfer
         assert transfer is not None and self.imei is not None
+        if self._superseded(transfer):
+            return  # not confirmed here: the device comes back
         if transfer.replay is not None:
             await self._on_replayed(transfer, event)
             return
