@@ -218,8 +218,12 @@ class ResumePolicy(DelegatingPolicy):
         self.claims.release(transfer_id, self.nonce)
 
     def owns(self, transfer_id: str) -> bool:
-        """Whether this session still writes ``transfer_id`` (another may have taken it)."""
+        """Whether this session holds ``transfer_id``."""
         return self.claims.owner(transfer_id) == self.nonce
+
+    def taken_over(self, transfer_id: str) -> bool:
+        """Whether another session writes ``transfer_id`` now (it took it over)."""
+        return self._taken(transfer_id)
 
     def _taken(self, transfer_id: str) -> bool:
         owner = self.claims.owner(transfer_id)

@@ -461,7 +461,7 @@ class CameraSession(Session):
     def _superseded(self, transfer: _Transfer) -> bool:
         """Another session took ``transfer`` over (this device's new connection, most likely,
         while this one was not seen to be gone): write nothing more of it, close."""
-        if self._policy.owns(transfer.id):
+        if not self._policy.taken_over(transfer.id):
             return False
         if self._abort is None:
             self._abort = (
@@ -550,7 +550,7 @@ class CameraSession(Session):
                 transfer.durable, transfer.durable_crc = end, crc
                 transfer.check = (check_end, check_crc) if check_end < end else None
                 advanced = True
-        if advanced and not transfer.broken and self._policy.owns(transfer.id):
+        if advanced and not transfer.broken and not self._policy.taken_over(transfer.id):
             self.publisher.publish(self._progress(transfer))
 
     def _in_order(self, transfer: _Transfer, meta: Any) -> bool:
