@@ -64,8 +64,8 @@ class CameraSettings(ListenerSettings):
         description="seconds one file may take in one session, from START to its last packet; "
         "then the session is closed (what is durable stays, the device resumes later)",
     )
-    transfer_min_bytes_per_second: float = Field(
-        2048.0,
+    transfer_min_bytes_per_second: int = Field(
+        2048,
         description="slowest average rate of a file, from START, once "
         "transfer_rate_grace_seconds have passed; a slower one (a trickle) is closed. 0: none",
     )
