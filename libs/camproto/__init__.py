@@ -27,6 +27,8 @@ from .events import (
     SessionStarted,
     StatusReceived,
     TransferComplete,
+    TransferRefused,
+    TransferRestarted,
     TransferStarted,
 )
 from .files import Camera, CameraFile, DualCamSlot, Media
@@ -43,6 +45,7 @@ from .policy import (
     DefaultPolicy,
     DelegatingPolicy,
     EmptyFileMemory,
+    FileSizeLimits,
     PolicyBase,
     ResumePoint,
     ServerPolicy,
@@ -95,6 +98,7 @@ __all__ = [
     "FileGivenUp",
     "FileOffered",
     "FileRequested",
+    "FileSizeLimits",
     "JsonMetadata",
     "LocalInput",
     "LocalProtocolError",
@@ -122,6 +126,8 @@ __all__ = [
     "StatusReceived",
     "TransferComplete",
     "TransferInfo",
+    "TransferRefused",
+    "TransferRestarted",
     "TransferStarted",
     "crc16",
     "decode_metadata",

@@ -29,6 +29,8 @@ __all__ = [
     "SessionStarted",
     "StatusReceived",
     "TransferComplete",
+    "TransferRefused",
+    "TransferRestarted",
     "TransferStarted",
 ]
 
@@ -68,6 +70,31 @@ class FileOffered(Event):
 class MetadataReceived(Event):
     file: CameraFile
     metadata: Metadata
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransferRefused(Event):
+    """The policy refused the file START announced (too large, say); the session closes."""
+
+    file: CameraFile
+    size: int | None
+    packets: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransferRestarted(Event):
+    """What the device sends from the resume point is not the rest of what the server kept:
+    another file under the same name, size and time. The server asked for it again from
+    byte 0 (a RESUME); the application names it as a new transfer. ``offset`` was the resume
+    point, ``reason`` says how it differs."""
+
+    file: CameraFile
+    size: int | None
+    packets: int | None
+    device_crc: int | None
+    offset: int
+    reason: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

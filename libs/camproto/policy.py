@@ -18,13 +18,15 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .files import CameraFile, DualCamSlot
+from ._wire import DATA_CHUNK
+from .files import Camera, CameraFile, DualCamSlot
 from .metadata import Metadata
 
 __all__ = [
     "DefaultPolicy",
     "DelegatingPolicy",
     "EmptyFileMemory",
+    "FileSizeLimits",
     "PolicyBase",
     "ResumePoint",
     "ServerPolicy",
@@ -52,11 +54,61 @@ class TransferInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class FileSizeLimits:
+    """The largest file START may announce, per camera kind (bytes; None: no limit).
+
+    A DualCam START counts 1024-byte packets, so its size is taken as ``packets * 1024`` (the
+    most it can be); DSM/ADAS START counts bytes. ``other`` covers dashcam and unknown paths.
+    """
+
+    dualcam: int | None = None
+    dsm: int | None = None
+    adas: int | None = None
+    other: int | None = None
+
+    def limit(self, camera: Camera) -> int | None:
+        if camera is Camera.DUALCAM:
+            return self.dualcam
+        if camera is Camera.DSM:
+            return self.dsm
+        if camera is Camera.ADAS:
+            return self.adas
+        return self.other
+
+    def refusal(self, transfer: TransferInfo) -> str | None:
+        """Why START of ``transfer`` is refused, or None if it is within the limit."""
+        limit = self.limit(transfer.file.camera)
+        if limit is None:
+            return None
+        if transfer.packets is not None:
+            size, said = transfer.packets * DATA_CHUNK, f"{transfer.packets} packets"
+        else:
+            size = transfer.size or 0
+            said = f"{size} bytes"
+        if size <= limit:
+            return None
+        camera = transfer.file.camera.value
+        return f"START announces {said}, over the {limit}-byte limit for {camera} files"
+
+
+@dataclass(frozen=True, slots=True)
 class ResumePoint:
-    """Where to resume: ``offset`` bytes already kept, ``crc`` the CRC of those bytes."""
+    """Where to resume: ``offset`` bytes already kept, ``crc`` the CRC of those bytes.
+
+    ``file_crc``, for a file kept whole already (resumed at its last packet), is the CRC of
+    all of it: a resent file that ends with another CRC is another file. ``verify_offset``,
+    past ``offset``, says bytes up to it are kept too, with ``verify_crc`` the CRC at their
+    end: resuming a packet early, the server compares the device's bytes with them whatever
+    the device does with its CRC chain. The server checks what the device sends against the
+    point and starts over from 0 (:class:`~camproto.TransferRestarted`) when it is another
+    file.
+    """
 
     offset: int = 0
     crc: int = 0
+    file_crc: int | None = None
+    verify_offset: int | None = None
+    verify_crc: int = 0
 
 
 class ServerPolicy(Protocol):
@@ -76,6 +128,11 @@ class ServerPolicy(Protocol):
 
     def resume_point(self, session: SessionInfo, transfer: TransferInfo) -> ResumePoint:
         """Where this file's data should start: 0, or what is already durable."""
+        ...
+
+    def refuse_transfer(self, session: SessionInfo, transfer: TransferInfo) -> str | None:
+        """START announced ``transfer``: a reason to refuse it (the session is closed), or
+        None to take it. Asked before :meth:`resume_point`."""
         ...
 
     def given_up(self, session: SessionInfo, offered: Sequence[CameraFile]) -> Collection[bytes]:
@@ -114,6 +171,9 @@ class PolicyBase:
     def resume_point(self, session: SessionInfo, transfer: TransferInfo) -> ResumePoint:
         return ResumePoint()
 
+    def refuse_transfer(self, session: SessionInfo, transfer: TransferInfo) -> str | None:
+        return None
+
     def given_up(self, session: SessionInfo, offered: Sequence[CameraFile]) -> Collection[bytes]:
         return ()
 
@@ -148,6 +208,9 @@ class DelegatingPolicy(PolicyBase):
 
     def resume_point(self, session: SessionInfo, transfer: TransferInfo) -> ResumePoint:
         return self.base.resume_point(session, transfer)
+
+    def refuse_transfer(self, session: SessionInfo, transfer: TransferInfo) -> str | None:
+        return self.base.refuse_transfer(session, transfer)
 
     def given_up(self, session: SessionInfo, offered: Sequence[CameraFile]) -> Collection[bytes]:
         return self.base.given_up(session, offered)
@@ -234,13 +297,15 @@ class DefaultPolicy(PolicyBase):
     """Fetch everything: path files first, then DualCam slots in ``order``, from offset 0.
 
     With ``empty_files``, files that came back empty in that many sessions in a row are given
-    up (:class:`EmptyFileMemory`); share one memory between the sessions of a server.
+    up (:class:`EmptyFileMemory`); share one memory between the sessions of a server. A START
+    over ``max_file_bytes`` (:class:`FileSizeLimits`) is refused.
     """
 
     order: tuple[DualCamSlot, ...] = _DEFAULT_ORDER
     metadata: bool = True
     path_files: bool = True
     empty_files: EmptyFileMemory | None = None
+    max_file_bytes: FileSizeLimits = FileSizeLimits()
 
     def want_path_file(self, session: SessionInfo) -> bool:
         return self.path_files
@@ -257,6 +322,9 @@ class DefaultPolicy(PolicyBase):
 
     def want_metadata(self, session: SessionInfo, file: CameraFile) -> bool:
         return self.metadata
+
+    def refuse_transfer(self, session: SessionInfo, transfer: TransferInfo) -> str | None:
+        return self.max_file_bytes.refusal(transfer)
 
     def given_up(self, session: SessionInfo, offered: Sequence[CameraFile]) -> Collection[bytes]:
         memory = self.empty_files

@@ -34,6 +34,8 @@ from .events import (
     SessionStarted,
     StatusReceived,
     TransferComplete,
+    TransferRefused,
+    TransferRestarted,
     TransferStarted,
 )
 from .files import PATH_FILE_READY_BIT, CameraFile, offered_slots
@@ -121,6 +123,13 @@ class _Transfer:
     after_sync: bool = True
     ignored: int = 0  # DATA packets dropped while waiting for SYNC
     failures: int = 0  # CRC mismatches since the last good chunk
+    #: The resume point the policy gave (0: from the start): what arrives there is checked.
+    resumed_at: int = 0
+    #: CRC of the whole file kept already (a resume at its last packet), to compare.
+    expected_file_crc: int | None = None
+    #: Bytes up to here are kept already, with CRC ``verify_crc`` at their end, to compare.
+    verify_at: int | None = None
+    verify_crc: int = 0
 
     def wire_offset(self, offset: int, first: int) -> int:
         if not self.by_packets:
@@ -475,6 +484,11 @@ class ServerConnection:
         info = TransferInfo(
             file=file, size=size, packets=packets, device_crc=device_crc, metadata=self._metadata
         )
+        refusal = self.policy.refuse_transfer(session, info)
+        if refusal is not None:
+            events.append(TransferRefused(file=file, size=size, packets=packets, reason=refusal))
+            self._close(f"{file} refused: {refusal}", False, events)
+            return
         point = self.policy.resume_point(session, info)
         limit = value * DATA_CHUNK if by_packets else value
         aligned = point.offset % DATA_CHUNK == 0 or not by_packets
@@ -488,7 +502,12 @@ class ServerConnection:
             received=point.offset,
             chain=point.crc,
             file_crc=point.crc,
+            resumed_at=point.offset,
+            expected_file_crc=point.file_crc if point.offset else None,
         )
+        verify = point.verify_offset
+        if verify is not None and point.offset < verify <= limit:
+            self._transfer.verify_at, self._transfer.verify_crc = verify, point.verify_crc
         events.append(
             TransferStarted(
                 file=file,
@@ -567,8 +586,9 @@ class ServerConnection:
                     f"bytes START announced (state {self.state_name})"
                 )
             last = offset + size == transfer.total
-        file_crc = crc16(data, transfer.file_crc)
-        chained = file_crc if transfer.chain == transfer.file_crc else crc16(data, transfer.chain)
+        before = transfer.file_crc
+        file_crc = crc16(data, before)
+        chained = file_crc if transfer.chain == before else crc16(data, transfer.chain)
         if crc == chained:
             crc_init = transfer.chain
         elif transfer.after_sync and crc == crc16(data):
@@ -578,11 +598,44 @@ class ServerConnection:
                 CrcMismatch(file=transfer.file, offset=offset, expected=chained, received=crc)
             )
             transfer.failures += 1
+            if offset == transfer.resumed_at > 0 and transfer.failures >= min(
+                2, self.config.max_resume_attempts
+            ):
+                # A device that chains its CRC across RESUME computes it over its own bytes
+                # before the point: mismatching there again, they are not the bytes kept.
+                self._restart(
+                    f"the device's CRC chain at byte {offset} does not continue the CRC of "
+                    f"the {offset} bytes kept ({transfer.failures} times): another file",
+                    now,
+                    events,
+                )
+                return
             if transfer.failures >= self.config.max_resume_attempts:
                 reason = f"{transfer.failures} CRC mismatches in a row at byte {offset}"
                 self._close(reason, False, events)
                 return
             self._send_resume(now, retry=False)
+            return
+        verify = transfer.verify_at
+        if verify is not None and offset < verify <= offset + size:
+            kept = file_crc if verify == offset + size else crc16(data[: verify - offset], before)
+            if kept != transfer.verify_crc:
+                self._restart(
+                    f"the bytes resent before byte {verify} have CRC {kept:#06x}, the ones "
+                    f"kept {transfer.verify_crc:#06x}: another file",
+                    now,
+                    events,
+                )
+                return
+            transfer.verify_at = None
+        expected = transfer.expected_file_crc
+        if last and expected is not None and file_crc != expected:
+            self._restart(
+                f"the resent file ends with CRC {file_crc:#06x}, the file kept has "
+                f"{expected:#06x}: another file",
+                now,
+                events,
+            )
             return
         events.append(
             ChunkReceived(
@@ -613,6 +666,25 @@ class ServerConnection:
                 )
             )
             self.state = S.AWAIT_CONFIRM
+
+    def _restart(self, reason: str, now: float, events: list[Event]) -> None:
+        """What came from the resume point belongs to another file: fetch it all again."""
+        transfer = self._transfer
+        assert transfer is not None
+        events.append(
+            TransferRestarted(
+                file=transfer.file,
+                size=None if transfer.by_packets else transfer.total,
+                packets=transfer.total if transfer.by_packets else None,
+                device_crc=transfer.device_crc,
+                offset=transfer.resumed_at,
+                reason=reason,
+            )
+        )
+        transfer.received = transfer.chain = transfer.file_crc = transfer.resumed_at = 0
+        transfer.expected_file_crc = transfer.verify_at = None
+        transfer.failures = 0
+        self._send_resume(now, retry=False)
 
     def _on_status(self, payload: bytes, now: float, events: list[Event]) -> None:
         status = _U32.unpack(payload)[0]

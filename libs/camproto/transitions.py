@@ -145,7 +145,7 @@ TRANSITIONS: dict[tuple[ServerState, CommandId | LocalInput], frozenset[ServerSt
     (S.AWAIT_INIT, C.INIT): _CHOOSING,
     (S.AWAIT_PATH, C.PATH): _CHOOSING - {S.AWAIT_PATH},
     (S.AWAIT_METADATA, C.METADATA): frozenset({S.AWAIT_START}),
-    (S.AWAIT_START, C.START): frozenset({S.AWAIT_SYNC, S.AWAIT_INIT}),
+    (S.AWAIT_START, C.START): frozenset({S.AWAIT_SYNC, S.AWAIT_INIT, S.CLOSED}),
     (S.AWAIT_SYNC, C.SYNC): frozenset({S.RECEIVING, S.AWAIT_SYNC, S.CLOSED}),
     (S.AWAIT_SYNC, C.DATA): frozenset({S.AWAIT_SYNC}),  # stale data before the SYNC: dropped
     (S.AWAIT_SYNC, C.ENHANCED_DATA): frozenset({S.AWAIT_SYNC}),

@@ -125,6 +125,15 @@ class TransferProgress(_Model):
         description="Kafka offset of the last chunk record `offset` counts: a later start "
         "record of the transfer must lie beyond it, or the log was reset",
     )
+    check_offset: int | None = Field(
+        None,
+        description="start of the last DATA packet before `offset`: a resume restarts here, "
+        "and the bytes the device resends up to `offset` must give `crc` again (the device "
+        "still holds the same file)",
+    )
+    check_crc: int | None = Field(
+        None, description="CRC-16 of bytes [0, check_offset), as the device chains it"
+    )
     complete: bool = Field(False, description="every byte and the end record are durable")
     size: int | None = Field(None, description="file size in bytes, once complete")
     file_crc: int | None = Field(None, description="CRC-16 of the whole file, once complete")
@@ -308,6 +317,7 @@ def transfer_id(
     device_crc: int | None,
     captured_ms: int | None,
     nonce: str = "",
+    generation: int = 0,
 ) -> str:
     """Recognise a transfer across reconnects and ingestors.
 
@@ -316,8 +326,15 @@ def transfer_id(
     metadata. Without a capture time two different photos of one DualCam slot could look the
     same, so callers then pass a session-unique ``nonce`` and the transfer is not resumed
     across sessions.
+
+    Two different files can still agree on all of that (a camera whose clock is stuck):
+    ``generation`` 1, 2 ... names the second, third ... of them (0, the first, keeps the id
+    it always had). The ingestor moves to the next generation when the bytes a device sends
+    do not continue the ones Kafka holds, or when another session owns the transfer.
     """
     key = f"{imei}|{identifier.hex()}|{total}|{device_crc}|{captured_ms}|{nonce}"
+    if generation:
+        key += f"|g{generation}"
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 

@@ -20,6 +20,7 @@ from camproto import (
     DeviceFile,
     DualCamSlot,
     Event,
+    FileSizeLimits,
     LocalInput,
     LocalProtocolError,
     PolicyBase,
@@ -303,7 +304,13 @@ class DeclinePolicy(PolicyBase):
         return None
 
 
-POLICIES: list[ServerPolicy] = [DefaultPolicy(), DefaultPolicy(metadata=False), DeclinePolicy()]
+#: The last refuses files over 2 KiB (every START of the 3000-byte file).
+POLICIES: list[ServerPolicy] = [
+    DefaultPolicy(),
+    DefaultPolicy(metadata=False),
+    DeclinePolicy(),
+    DefaultPolicy(max_file_bytes=FileSizeLimits(dualcam=2048, dsm=2048)),
+]
 #: One RESUME only: an unanswered or mismatched one closes at once.
 CONFIGS = [ServerConfig(), ServerConfig(max_resume_attempts=1)]
 

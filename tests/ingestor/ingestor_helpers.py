@@ -230,6 +230,8 @@ class Hopper:
     backoff: float = 0.05
     #: Connection ``i`` waits for ``gates[i]`` to be set first.
     gates: dict[int, asyncio.Event] = field(default_factory=dict)
+    #: Stop after this many connections, files left or not.
+    max_connections: int | None = None
     connections: int = 0
     sent: int = 0  # bytes written, commands included
     resumed: list[int] = field(default_factory=list)  # RESUME offsets (bytes), in order
@@ -238,7 +240,7 @@ class Hopper:
 
     async def run(self, within: float = 60.0) -> None:
         async with asyncio.timeout(within):
-            while self.device.files:
+            while self.device.files and self.connections != self.max_connections:
                 if self.connections:
                     await asyncio.sleep(self.backoff)
                 port = self.ports[self.connections % len(self.ports)]

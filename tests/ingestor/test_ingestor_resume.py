@@ -118,7 +118,8 @@ async def test_device_resumes_on_another_ingestor(kafka: str) -> None:
         gate.set()
         await running_device
     assert [f.identifier for f in hopper.accepted] == [b"%videor"]
-    assert hopper.resumed[0] == 0 and 100 * DATA_CHUNK <= hopper.resumed[1] <= 120 * DATA_CHUNK
+    # one packet before what b knew was durable: that packet proves the device's file
+    assert hopper.resumed[0] == 0 and 99 * DATA_CHUNK <= hopper.resumed[1] < 120 * DATA_CHUNK
     published = await read_published(kafka, ends=1)
     assert published.by_imei_and_file() == {(f"{IMEI:015d}", "%videor"): item.data}
     (start,) = published.starts.values()
@@ -186,7 +187,8 @@ async def test_lost_resume_point_restarts_the_transfer(kafka: str) -> None:
         book(ingestor).apply(forged)
         again = Hopper(device, [ingestor.port])
         await again.run(within=20)
-    assert again.resumed == [entry.offset, 0] and "CLOSE" in again.endings[0]
+    # asked one packet before the durable offset (the packet compared), then reset
+    assert again.resumed == [entry.offset - DATA_CHUNK, 0] and "CLOSE" in again.endings[0]
     published = await read_published(kafka, ends=1)
     assert published.by_imei_and_file() == {(f"{IMEI:015d}", "%videor"): item.data}
     closed = [e.reason for e in published.sessions if isinstance(e, wire.Closed)]
@@ -305,7 +307,7 @@ async def test_stop_cuts_at_the_deadline_and_the_device_resumes_elsewhere(kafka:
         await wait_book(b, lambda e: e.offset == cut.offset)
         gate.set()
         await task
-    assert hopper.endings[0].endswith("CLOSE") and hopper.resumed == [0, cut.offset]
+    assert hopper.endings[0].endswith("CLOSE") and hopper.resumed == [0, cut.offset - DATA_CHUNK]
     assert [f.identifier for f in hopper.accepted] == [b"%videor"]
     published = await read_published(kafka, ends=1)
     assert published.by_imei_and_file() == {(f"{IMEI:015d}", "%videor"): item.data}

@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import httpx
 
 from devstack.infra import free_port
+from tests.helpers import eventually_sync
 
 FLEETGATE = [sys.executable, "-m", "fleetgate"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,11 +28,8 @@ def env(**values: str) -> dict[str, str]:
 
 
 def wait_until(condition: Callable[[], bool], what: str, within: float = DEADLINE) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        time.sleep(0.05)
+    """:func:`tests.helpers.eventually_sync` with this module's argument order and deadline."""
+    eventually_sync(condition, within, what)
 
 
 @dataclass

@@ -23,7 +23,8 @@ transfer_seconds = Histogram(
 resumes = Counter(
     "fleetgate_ingestor_resumes_total",
     "Transfers resumed from the progress topic: resumed (from the durable offset), complete "
-    "(done already, only the last packet resent), lost (the chunk log was reset: restarted)",
+    "(done already, only the last packet resent), lost (the chunk log was reset: restarted), "
+    "differs (the device's bytes were another file's: started over under a new id)",
     ["result"],
 )
 resumed_bytes = Counter(
@@ -36,8 +37,14 @@ progress_errors = Counter(
     "fleetgate_ingestor_progress_errors_total",
     "Progress records not sent, not acknowledged, malformed, or failed reads",
 )
+refused = Counter(
+    "fleetgate_ingestor_transfers_refused_total",
+    "Files refused at START: over the camera kind's size limit",
+    ["camera"],
+)
 
-for _result in ("resumed", "complete", "lost"):
+for _result in ("resumed", "complete", "lost", "differs"):
     resumes.labels(_result)
 for _camera in ("dualcam", "dsm", "adas", "dashcam", "unknown"):
     files.labels(_camera)
+    refused.labels(_camera)

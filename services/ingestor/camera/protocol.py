@@ -11,6 +11,7 @@ from ..settings import IngestorSettings, ListenerSettings
 from ..sink import Sink
 from . import metrics
 from .progress import ProgressBook, ProgressPublisher, ProgressReader
+from .resume import Claims
 from .session import CameraSession
 from .settings import CameraSettings
 
@@ -23,12 +24,18 @@ class CameraProtocol(Protocol):
     Before its listener accepts, it reads ``fleetgate.camera.progress.v1`` into the
     :class:`ProgressBook` and then follows it (``read_progress``; tests may turn it off), so
     a device that comes back resumes where Kafka has its file up to. Its sessions share the
-    book and one :class:`ProgressPublisher`, flushed when the ingestor stops.
+    book, one :class:`ProgressPublisher` (flushed when the ingestor stops) and the
+    :class:`Claims` that keep two sessions from writing one transfer.
     """
 
     name: ClassVar[str] = "camera"
     hello: ClassVar[str] = "INIT"
-    close_reasons: ClassVar[tuple[str, ...]] = ("resume_reset",)
+    close_reasons: ClassVar[tuple[str, ...]] = (
+        "resume_reset",
+        "refused",
+        "too_slow",
+        "superseded",
+    )
     settings_class: ClassVar[type[ListenerSettings]] = CameraSettings
 
     def __init__(
@@ -44,6 +51,8 @@ class CameraProtocol(Protocol):
         self.camera = settings
         self.book = ProgressBook(settings.progress_max_age_seconds)
         self.publisher = ProgressPublisher(sink, self.book, edge.ack_timeout_seconds)
+        #: Which session writes each transfer: two at once never write one transfer.
+        self.claims = Claims()
         self.reader = ProgressReader(edge, settings, self.book) if read_progress else None
         self._following: asyncio.Task[None] | None = None
         self._reading = False
@@ -57,7 +66,7 @@ class CameraProtocol(Protocol):
             self._following = asyncio.create_task(self.reader.follow(), name="progress reader")
 
     def session(self, link: Link) -> Session:
-        return CameraSession(link, self.camera, self.book, self.publisher)
+        return CameraSession(link, self.camera, self.book, self.publisher, self.claims)
 
     async def stop(self) -> None:
         await self.publisher.close(within=self.edge.close_timeout_seconds)

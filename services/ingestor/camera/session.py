@@ -38,6 +38,8 @@ from camproto import (
     SessionClosed,
     SessionStarted,
     TransferComplete,
+    TransferRefused,
+    TransferRestarted,
     TransferStarted,
 )
 from contracts import ChunkMeta, Topic, TransferProgress
@@ -49,7 +51,7 @@ from ..sink import KafkaFailed
 from . import metrics
 from .convert import capture_info, file_info
 from .progress import ProgressBook, ProgressPublisher
-from .resume import ResumePolicy
+from .resume import Claims, Decision, ResumePolicy
 from .settings import CameraSettings
 
 __all__ = ["CameraSession"]
@@ -77,26 +79,34 @@ class _Record:
     #: is their CRC-16.
     safe_end: int
     safe_crc: int
+    #: The safe point one packet before: a resume restarts there, to compare that packet.
+    check_end: int
+    check_crc: int
 
 
 @dataclass(slots=True)
 class _Transfer:
     id: str
+    decision: Decision  # how the policy named it (to name it again if it starts over)
     file: CameraFile
     origin: int  # Kafka offset of the transfer's first start record
     partition: int  # chunk-topic partition of its records
     started: float
     resume_offset: int
     total: int  # as START said: packets (DualCam) or bytes
+    clock: float  # when START came, in the edge's clock (the ``now`` it passes)
     file_crc: int  # CRC-16 of the bytes received so far, from byte 0
     durable: int  # bytes [0, durable) acknowledged by Kafka: a resume point
     durable_crc: int
+    #: The start of the last durable packet and its CRC, once one is acknowledged here.
+    check: tuple[int, int] | None = None
     #: The transfer was complete in Kafka already (the device never heard REPEAT INIT): the
     #: resent tail is checked and confirmed, nothing is published.
     replay: TransferProgress | None = None
     record: _Record | None = None
-    #: Chunk records not yet acknowledged, in order: (future, safe_end, safe_crc).
-    acks: deque[tuple[asyncio.Future[Any], int, int]] = field(default_factory=deque)
+    #: Chunk records not yet acknowledged, in order: (future, safe_end, safe_crc, and the
+    #: check point before it).
+    acks: deque[tuple[asyncio.Future[Any], int, int, int, int]] = field(default_factory=deque)
     broken: bool = False  # a chunk record failed: no more progress is published
     #: Kafka offset of the last record of the transfer acknowledged in this session.
     last_offset: int = -1
@@ -115,22 +125,28 @@ class CameraSession(Session):
         settings: CameraSettings,
         book: ProgressBook,
         publisher: ProgressPublisher,
+        claims: Claims | None = None,
     ) -> None:
         self.link = link
         self.settings = settings
         #: Where resume points come from, and where progress goes (shared by the sessions).
         self.book = book
         self.publisher = publisher
-        self._policy = ResumePolicy(
-            book, link.session_id, DefaultPolicy(metadata=settings.request_metadata)
+        base = DefaultPolicy(
+            metadata=settings.request_metadata, max_file_bytes=settings.file_size_limits()
         )
+        self._policy = ResumePolicy(book, link.session_id, base)
+        if claims is not None:
+            self._policy.claims = claims
         self._conn = ServerConnection(self._policy)
         self._metadata: dict[bytes, Metadata] = {}
         self._transfer: _Transfer | None = None
         self._received = 0
         self._opened = time.monotonic()
         self._abort: str | None = None
+        self._abort_reason = "resume_reset"
         self._detail = "session closed"
+        self._now = 0.0  # the edge's clock, as last passed in
 
     @property
     def session_id(self) -> str:
@@ -160,7 +176,21 @@ class CameraSession(Session):
         return self._conn.closed_reason or self._detail
 
     def next_deadline(self) -> float | None:
-        return self._conn.next_deadline()
+        deadline = self._conn.next_deadline()
+        too_slow = self._too_slow_at()
+        if too_slow is not None and (deadline is None or too_slow < deadline):
+            return too_slow
+        return deadline
+
+    def _too_slow_at(self) -> float | None:
+        """When the file being received has been too slow (only while its data comes)."""
+        transfer = self._transfer
+        if transfer is None or self._conn.state not in (
+            ServerState.AWAIT_SYNC,
+            ServerState.RECEIVING,
+        ):
+            return None
+        return self.settings.transfer_deadline(transfer.clock, transfer.bytes)
 
     def data_to_send(self) -> bytes:
         return self._conn.data_to_send()
@@ -174,14 +204,17 @@ class CameraSession(Session):
         await self._session_event(wire.Connected, peer=self.link.peer)
 
     async def receive_data(self, data: bytes, now: float) -> None:
+        self._now = max(self._now, now)
         try:
             events = self._conn.receive_data(data, now)
         except RemoteProtocolError as exc:
             raise await self._salvage(exc) from exc
         await self._handle(events)
         if self._abort is not None:
-            self.link.close_reason = "resume_reset"
+            self.link.close_reason = self._abort_reason
             await self.close(self._abort)
+            return
+        await self._too_slow(now)  # a trickle keeps the idle timer quiet, not this one
 
     async def receive_eof(self) -> None:
         try:
@@ -191,10 +224,38 @@ class CameraSession(Session):
         await self._handle(events)
 
     async def handle_timeout(self, now: float) -> None:
+        self._now = max(self._now, now)
+        if await self._too_slow(now):
+            return
         await self._handle(self._conn.handle_timeout(now))
         if self.closed:
             self.link.close_reason = "device_closed"
             self._detail = "device stopped answering RESUME"
+
+    async def _too_slow(self, now: float) -> bool:
+        """Close the session if the file being received is past its deadline (a trickle)."""
+        too_slow = self._too_slow_at()
+        transfer = self._transfer
+        if too_slow is None or transfer is None or now < too_slow or self.closed:
+            return False
+        elapsed = now - transfer.clock
+        rate = transfer.bytes / elapsed if elapsed > 0 else 0.0
+        self.link.close_reason = "too_slow"
+        self.link.log.warning(
+            "transfer_too_slow",
+            file=transfer.file.path,
+            received=transfer.bytes,
+            seconds=round(elapsed, 3),
+            bytes_per_second=round(rate),
+        )
+        settings = self.settings
+        await self.close(
+            f"{transfer.file} too slow: {transfer.bytes} bytes in {elapsed:.1f} s "
+            f"({rate:.0f} B/s; a file must average {settings.transfer_min_bytes_per_second:g} "
+            f"B/s after {settings.transfer_rate_grace_seconds:g} s and take at most "
+            f"{settings.transfer_max_seconds:g} s)"
+        )
+        return True
 
     async def close(self, detail: str) -> None:
         """Send CLOSE SESSION: the device comes back later (here or elsewhere) for the rest."""
@@ -235,7 +296,9 @@ class CameraSession(Session):
             elif isinstance(event, TransferComplete):
                 await self._on_complete(event)
             elif isinstance(event, TransferStarted):
-                await self._on_started(event)
+                await self._on_started(event, self._policy.take(event.file))
+            elif isinstance(event, TransferRestarted):
+                await self._on_restarted(event)
             elif isinstance(event, CrcMismatch):
                 await self._on_crc_mismatch(event)
             elif isinstance(event, MetadataReceived):
@@ -260,6 +323,16 @@ class CameraSession(Session):
             elif isinstance(event, SessionClosed):
                 if event.clean:
                     self.link.close_reason = "clean"
+            elif isinstance(event, TransferRefused):
+                self.link.close_reason = "refused"
+                metrics.refused.labels(event.file.camera.value).inc()
+                self.link.log.warning(
+                    "transfer_refused",
+                    file=event.file.path,
+                    size=event.size,
+                    packets=event.packets,
+                    reason=event.reason,
+                )
             elif isinstance(event, FileEmpty):
                 self.link.log.info("file_empty", file=event.file.path)
             elif isinstance(event, FileGivenUp):
@@ -269,13 +342,13 @@ class CameraSession(Session):
             elif isinstance(event, PathEmpty):
                 self.link.log.info("path_empty")  # the device has no file ready
 
-    async def _on_started(self, event: TransferStarted) -> None:
+    async def _on_started(self, event: TransferStarted, decision: Decision) -> None:
+        """START came (``decision``: the id and resume point the policy gave it)."""
         assert self.imei is not None
         metadata = self._metadata.get(event.file.identifier)
         total = event.size if event.size is not None else event.packets or 0
-        decision = self._policy.take(event.file)  # the id and resume point START got
-        transfer_id, entry = decision.transfer_id, decision.entry
-        if entry is not None and not entry.complete and entry.offset != event.resume_offset:
+        transfer_id, entry, point = decision.transfer_id, decision.entry, decision.point
+        if entry is not None and point.offset != event.resume_offset:
             entry = None  # camproto found the point unusable: the file starts at 0
         self.link.log = self.link.log.bind(transfer=transfer_id)
         start_offset = -1
@@ -312,16 +385,17 @@ class CameraSession(Session):
                 metrics.resumes.labels("resumed").inc()
                 metrics.resumed_bytes.inc(event.resume_offset)
                 origin = entry.origin  # chunk records point back at the first start
-        resumed = entry is not None and entry.offset == event.resume_offset
-        resumed_crc = entry.crc if entry is not None and resumed else 0
+        resumed_crc = point.crc if entry is not None else 0
         self._transfer = _Transfer(
             id=transfer_id,
+            decision=decision,
             file=event.file,
             origin=origin,
             partition=partition,
             started=time.monotonic(),
             resume_offset=event.resume_offset,
             total=total,
+            clock=self._now,
             file_crc=resumed_crc,
             durable=event.resume_offset,
             durable_crc=resumed_crc,
@@ -336,6 +410,33 @@ class CameraSession(Session):
             packets=event.packets,
             resume_offset=event.resume_offset,
         )
+
+    async def _on_restarted(self, event: TransferRestarted) -> None:
+        """The device's bytes from the resume point are another file's than the ones Kafka
+        holds: name it anew (the next generation of its identity) and take it from byte 0.
+        The transfer resumed stays as it was (stored, or left incomplete)."""
+        transfer = self._transfer
+        assert transfer is not None
+        await self._flush_record()
+        metrics.resumes.labels("differs").inc()
+        decision = self._policy.restarted(transfer.decision)
+        self.link.log.warning(
+            "transfer_restarted",
+            file=event.file.path,
+            resume_offset=event.offset,
+            reason=event.reason,
+            new_transfer=decision.transfer_id,
+            generation=decision.generation,
+        )
+        self.link.log = self.link.log.unbind("transfer")
+        started = TransferStarted(
+            file=event.file,
+            size=event.size,
+            packets=event.packets,
+            device_crc=event.device_crc,
+            resume_offset=0,
+        )
+        await self._on_started(started, decision)
 
     async def _publish_start(
         self, event: TransferStarted, transfer_id: str, metadata: Metadata | None
@@ -359,9 +460,24 @@ class CameraSession(Session):
         meta = await self.link.ledger.acknowledged(future)
         return int(meta.offset), int(getattr(meta, "partition", -1))
 
+    def _superseded(self, transfer: _Transfer) -> bool:
+        """Another session took ``transfer`` over (this device's new connection, most likely,
+        while this one was not seen to be gone): write nothing more of it, close."""
+        if not self._policy.taken_over(transfer.id):
+            return False
+        if self._abort is None:
+            self._abort = (
+                f"another connection of this IMEI took transfer {transfer.id} over; "
+                "nothing more of it is written here"
+            )
+            self._abort_reason = "superseded"
+        return True
+
     async def _on_chunk(self, event: ChunkReceived) -> None:
         transfer = self._transfer
         assert transfer is not None
+        if self._superseded(transfer):
+            return
         size = len(event.data)
         transfer.bytes += size
         self._received += size
@@ -390,12 +506,19 @@ class CameraSession(Session):
                 size=size,
                 safe_end=event.offset,
                 safe_crc=before,
+                check_end=event.offset,
+                check_crc=before,
             )
-        record.safe_end, record.safe_crc = event.resume_end, event.resume_crc
+        if event.resume_end > record.safe_end:
+            record.check_end, record.check_crc = record.safe_end, record.safe_crc
+            record.safe_end, record.safe_crc = event.resume_end, event.resume_crc
 
     async def _flush_record(self) -> None:
         transfer = self._transfer
         if transfer is None or transfer.record is None:
+            return
+        if self._superseded(transfer):
+            transfer.record = None  # the new owner has them from the device again
             return
         record, transfer.record = transfer.record, None
         headers = ChunkMeta.chunk(
@@ -408,7 +531,9 @@ class CameraSession(Session):
         ).headers()
         value = b"".join(record.parts)
         future = await self._send(Topic.CHUNKS, transfer.id.encode(), value, headers)
-        transfer.acks.append((future, record.safe_end, record.safe_crc))
+        transfer.acks.append(
+            (future, record.safe_end, record.safe_crc, record.check_end, record.check_crc)
+        )
         future.add_done_callback(lambda _: self._settle_acks(transfer))
 
     def _settle_acks(self, transfer: _Transfer) -> None:
@@ -416,7 +541,7 @@ class CameraSession(Session):
         publish it (called as acknowledgements arrive)."""
         advanced = False
         while transfer.acks and transfer.acks[0][0].done():
-            future, end, crc = transfer.acks.popleft()
+            future, end, crc, check_end, check_crc = transfer.acks.popleft()
             if future.cancelled() or future.exception() is not None:
                 transfer.broken = True  # the session fails on it; nothing more is claimed
                 transfer.acks.clear()
@@ -425,8 +550,9 @@ class CameraSession(Session):
                 return
             if end > transfer.durable:
                 transfer.durable, transfer.durable_crc = end, crc
+                transfer.check = (check_end, check_crc) if check_end < end else None
                 advanced = True
-        if advanced and not transfer.broken:
+        if advanced and not transfer.broken and not self._policy.taken_over(transfer.id):
             self.publisher.publish(self._progress(transfer))
 
     def _in_order(self, transfer: _Transfer, meta: Any) -> bool:
@@ -465,6 +591,8 @@ class CameraSession(Session):
             total=transfer.total,
             offset=transfer.durable,
             crc=transfer.durable_crc,
+            check_offset=None if transfer.check is None else transfer.check[0],
+            check_crc=None if transfer.check is None else transfer.check[1],
             origin=transfer.origin,
             partition=transfer.partition,
             last_offset=None if transfer.last_offset < 0 else transfer.last_offset,
@@ -493,6 +621,8 @@ class CameraSession(Session):
     async def _on_complete(self, event: TransferComplete) -> None:
         transfer = self._transfer
         assert transfer is not None and self.imei is not None
+        if self._superseded(transfer):
+            return  # not confirmed here: the device comes back
         if transfer.replay is not None:
             await self._on_replayed(transfer, event)
             return
@@ -542,19 +672,13 @@ class CameraSession(Session):
             device_crc_ok=event.device_crc_ok,
             durable_seconds=durable,
         )
+        self._policy.release(transfer.id)
         self._transfer = None
         self.link.log = self.link.log.unbind("transfer")
 
     async def _on_replayed(self, transfer: _Transfer, event: TransferComplete) -> None:
         """A transfer already complete in Kafka came again: confirm it, publish nothing."""
-        entry = transfer.replay
-        assert entry is not None
-        if entry.file_crc is not None and entry.file_crc != event.file_crc:
-            # Same IMEI, file, size and capture time, other bytes at the end: keep what is
-            # stored (its records are all in Kafka) and say so.
-            self.link.log.warning(
-                "replay_differs", stored_crc=entry.file_crc, resent_crc=event.file_crc
-            )
+        # camproto compared the file's CRC with the stored one (another file starts over).
         self._conn.confirm_file()
         await self._write()
         self.link.log.info(
@@ -572,6 +696,7 @@ class CameraSession(Session):
             device_crc_ok=event.device_crc_ok,
             durable_seconds=0.0,
         )
+        self._policy.release(transfer.id)
         self._transfer = None
         self.link.log = self.link.log.unbind("transfer")
 
@@ -596,6 +721,8 @@ class CameraSession(Session):
     async def finish(self, detail: str) -> None:
         """Valid bytes are worth keeping for a resume: flush them, say the session closed,
         and, cut short mid-file, publish where a resume can start."""
+        # The socket is gone: the device's next session may take its transfer on at once.
+        self._policy.claims.release_session(self.session_id)
         await self._flush_record()
         await self._session_event(
             wire.Closed,
