@@ -40,10 +40,19 @@ class KafkaFailed(Exception):
 
 class KafkaSink:
     """aiokafka producer with acks=all: a record's future resolves once every in-sync
-    replica has it."""
+    replica has it.
 
-    def __init__(self, settings: IngestorSettings) -> None:
-        self.producer = AIOKafkaProducer(
+    Records enter the producer one at a time, in the order sessions asked (a FIFO lock):
+    when a partition's batch is full, only the head of the queue waits for it to drain.
+    Left to aiokafka, every waiting session wakes at each drain and races for the room, so
+    under a burst (thousands of devices finishing at once) the unlucky ones starve until
+    their timeout while the loop spends itself on the wake-ups. A producer that takes
+    nothing (the broker gone) fails the head after ``request_timeout``; those queued behind
+    it then fail at once until a record is taken again.
+    """
+
+    def __init__(self, settings: IngestorSettings, producer: Any = None) -> None:
+        self.producer = producer or AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
             acks="all",
             linger_ms=settings.kafka_linger_ms,
@@ -52,22 +61,38 @@ class KafkaSink:
             request_timeout_ms=settings.kafka_request_timeout_ms,
             client_id=f"fleetgate-ingestor-{settings.instance}",
         )
+        self._turn = asyncio.Lock()
+        #: When the head of the queue last failed (loop time), and why.
+        self._failed_at = float("-inf")
+        self._failure: BaseException | None = None
 
     async def send(
         self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
     ) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = await self.producer.send(
-            str(topic), value=value, key=key, headers=headers
-        )
-        return future
+        loop = asyncio.get_running_loop()
+        queued = loop.time()
+        async with self._turn:
+            if queued <= self._failed_at:  # waited behind a record the producer never took
+                raise KafkaFailed(f"producer stalled: {self._failure!r}")
+            try:
+                future: asyncio.Future[Any] = await self.producer.send(
+                    str(topic), value=value, key=key, headers=headers
+                )
+            except Exception as exc:  # no room for request_timeout, or refused
+                self._failed_at, self._failure = loop.time(), exc
+                raise
+            return future
 
 
 class Ledger:
     """One session's records not yet acknowledged, oldest first, and their bytes."""
 
-    def __init__(self, sink: Sink, timeout: float) -> None:
+    def __init__(self, sink: Sink, timeout: float, enqueue_timeout: float | None = None) -> None:
         self.sink = sink
         self.timeout = timeout
+        #: Longest wait for room in the producer (a burst queues sessions behind each
+        #: other; a stalled producer fails them sooner, see :class:`KafkaSink`).
+        self.enqueue_timeout = timeout if enqueue_timeout is None else enqueue_timeout
         self._pending: deque[tuple[asyncio.Future[Any], int]] = deque()
         self.pending_bytes = 0
         self._failure: str | None = None
@@ -76,11 +101,12 @@ class Ledger:
         self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None = None
     ) -> asyncio.Future[Any]:
         """Hand one record to the producer; the future resolves once Kafka acknowledged it.
-        :class:`KafkaFailed` if the producer refuses it or has no room for ``timeout``."""
+        :class:`KafkaFailed` if the producer refuses it, stalls, or has no room for
+        ``enqueue_timeout``."""
         try:
-            # Enqueueing waits while the producer is full (backpressure) or has no metadata
-            # (broker unreachable); the latter must not hang the session.
-            async with asyncio.timeout(self.timeout):
+            # Enqueueing waits while the producer is full (backpressure: bounded, in turn)
+            # or has no metadata (broker unreachable); the latter must not hang the session.
+            async with asyncio.timeout(self.enqueue_timeout):
                 future = await self.sink.send(topic, key, value, headers or [])
         except Exception as exc:  # refused outright, or no room for `timeout` seconds
             raise KafkaFailed(f"cannot enqueue to {topic}: {exc!r}") from exc
