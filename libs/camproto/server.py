@@ -85,6 +85,8 @@ _MAX_IMEI = 10**15
 S = ServerState
 C = CommandId
 A = StatusAction
+#: Where a plain DATA packet may take a session that is receiving a file.
+_DATA_WHILE_RECEIVING = TRANSITIONS[(S.RECEIVING, C.DATA)]
 
 #: Protocol ids accepted in INIT. 5: FMx firmware 03.27.00.Rev.100 and up; 1-4: older firmware,
 #: whose 16-byte INIT has the same layout (Teltonika's test server and Traccar read every id
@@ -211,12 +213,30 @@ class ServerConnection:
         self._now = max(self._now, now)
         self._reader.feed(data)
         events: list[Event] = []
+        reader = self._reader
+        armed = True  # (no packet taken without arming)
         try:
-            while not self._closed() and (frame := self._reader.next_frame()):
+            while not self._closed():
+                # DATA while receiving, the bulk of a transfer, skips the general dispatch
+                # (the table allows it: _DATA_WHILE_RECEIVING); the deadline, the same for
+                # every packet of the call, is armed when the state changes or at the end.
+                if self.state is S.RECEIVING and (packet := reader.next_data()):
+                    self._on_chunk(packet[0], packet[1], now, events)
+                    if self.state is S.RECEIVING:
+                        armed = False
+                        continue
+                    assert self.state in _DATA_WHILE_RECEIVING, self.state
+                    self._arm()
+                    armed = True
+                    continue
+                frame = reader.next_frame()
+                if frame is None:
+                    break
                 allowed = self._input(frame.command, events)
                 self._handlers[frame.command](frame.payload, now, events)
                 assert self.state in allowed, (frame.command, self.state)
                 self._arm()
+                armed = True
         except FrameError as exc:
             message = f"{exc} (state {self.state_name})"
             self._fail()
@@ -224,6 +244,8 @@ class ServerConnection:
         except RemoteProtocolError as exc:
             self._fail()
             raise RemoteProtocolError(str(exc), events) from None
+        if not armed:
+            self._arm()
         return events
 
     def _fail(self) -> None:
@@ -528,12 +550,10 @@ class ServerConnection:
         self._send_resume(now, retry=True)
 
     def _on_data(self, payload: bytes, now: float, events: list[Event]) -> None:
-        if self.state is S.AWAIT_SYNC:
-            assert self._transfer is not None
-            self._transfer.ignored += 1
-            return
-        crc = payload[-2] << 8 | payload[-1]
-        self._on_chunk(payload[:-2], crc, now, events)
+        # While RECEIVING every plain DATA packet takes receive_data's fast path (the same
+        # framing rules as next_frame); here only the packets ignored until the SYNC.
+        assert self.state is S.AWAIT_SYNC and self._transfer is not None, self.state
+        self._transfer.ignored += 1
 
     def _on_enhanced_data(self, payload: bytes, now: float, events: list[Event]) -> None:
         transfer = self._transfer
