@@ -536,7 +536,7 @@ async def sessions(sampler: Sampler, args: argparse.Namespace) -> dict[str, Any]
     for writer in open_conns:
         writer.close()
     await until(lambda: sampler.samples[-1]["connections"] == 0, 60, "idle sessions closed")
-    # Active: mid-file, a 1 KiB packet every few seconds, all finishing within seconds.
+    # Active: mid-file, a 1 KiB packet every second or so, all finishing close together.
     sampler.phase = "active sessions"
     hooks_before = sampler.hooks.poll()
     active_base = rss_bytes(pid)
@@ -719,10 +719,15 @@ def main(argv: list[str] | None = None) -> int:
         "--sessions", type=int, default=1000, help="concurrent sessions (idle, then active)"
     )
     parser.add_argument(
-        "--session-file-kib", type=int, default=3, help="file of each active session"
+        "--session-file-kib", type=int, default=8, help="file of each active session"
     )
     parser.add_argument(
-        "--session-rate", type=float, default=400, help="bytes/s of each active session"
+        "--session-rate",
+        type=float,
+        default=800,
+        # The simulator's slow link charges a whole write (SYNC and the packet behind it)
+        # before sending it: below about 600 B/s the SYNC comes after the 2 s RESUME interval.
+        help="bytes/s of each active session (a packet about every 1.3 s)",
     )
     parser.add_argument("--connector-events", type=int, default=2000)
     parser.add_argument("--timeout", type=float, default=300, help="longest wait of each phase")
