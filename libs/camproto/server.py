@@ -22,7 +22,6 @@ from ._crc import crc16
 from ._wire import DATA_CHUNK, CommandId, FrameError, ServerFrameReader, encode
 from .errors import LocalProtocolError, RemoteProtocolError
 from .events import (
-    ChunkReceived,
     CrcMismatch,
     Event,
     FileEmpty,
@@ -35,6 +34,7 @@ from .events import (
     StatusReceived,
     TransferComplete,
     TransferStarted,
+    chunk_received,
 )
 from .files import PATH_FILE_READY_BIT, CameraFile, offered_slots
 from .metadata import Metadata, decode_metadata
@@ -216,7 +216,7 @@ class ServerConnection:
         reader = self._reader
         armed = True  # (no packet taken without arming)
         try:
-            while not self._closed():
+            while self.state is not S.CLOSED:
                 # DATA while receiving, the bulk of a transfer, skips the general dispatch
                 # (the table allows it: _DATA_WHILE_RECEIVING); the deadline, the same for
                 # every packet of the call, is armed when the state changes or at the end.
@@ -605,17 +605,17 @@ class ServerConnection:
             self._send_resume(now, retry=False)
             return
         events.append(
-            ChunkReceived(
-                file=transfer.file,
-                offset=offset,
-                data=data,
-                crc=crc,
-                crc_init=crc_init,
-                file_crc=file_crc,
-                last=last,
+            chunk_received(  # ChunkReceived(...), without the frozen __init__'s cost
+                transfer.file,
+                offset,
+                data,
+                crc,
+                crc_init,
+                file_crc,
+                last,
                 # A RESUME must point inside the file: never past the start of its last chunk.
-                resume_end=offset if last else offset + size,
-                resume_crc=transfer.file_crc if last else file_crc,
+                offset if last else offset + size,
+                transfer.file_crc if last else file_crc,
             )
         )
         transfer.chain, transfer.file_crc = crc, file_crc

@@ -4,6 +4,7 @@ the time each simulated camera sent a file's last packet."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from camproto import DeviceConnection
+from camproto import CameraDevice, DeviceConnection, DeviceFile, FileAccepted
 from simulator import SimulatedDevice
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -126,3 +127,48 @@ class TimedDevice(SimulatedDevice):
         if fresh and item is not None:
             key = (f"{self.plan.imei:015d}", item.file.path)
             TimedDevice.last_packet[key] = time.time()
+
+
+async def trickle_device(
+    port: int, files: list[DeviceFile], imei: int, interval: float, active: list[int]
+) -> bool:
+    """A camera on a slow link: commands (INIT, SYNC...) go out at once, DATA packets one
+    every ``interval`` s. ``active[0]`` counts devices past their first packet. True once
+    every file was accepted."""
+    conn = CameraDevice(imei=imei, files=files).connect()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    wake = asyncio.Event()
+    accepted = 0
+
+    async def read() -> None:
+        nonlocal accepted
+        while data := await reader.read(64 * 1024):
+            accepted += sum(isinstance(e, FileAccepted) for e in conn.receive_data(data))
+            wake.set()
+        conn.receive_data(b"", eof=True)
+        wake.set()
+
+    task = asyncio.create_task(read())
+    counted = False
+    try:
+        while not conn.closed and not task.done():
+            sent = conn.packets_sent
+            out = conn.data_to_send(1)  # pending commands, else at most one DATA packet
+            if out:
+                writer.write(out)
+                await writer.drain()
+            if conn.packets_sent > sent:
+                if not counted:
+                    active[0] += 1
+                    counted = True
+                await asyncio.sleep(interval)
+            elif not out:
+                wake.clear()
+                async with asyncio.timeout(60):
+                    await wake.wait()
+    finally:
+        if counted:
+            active[0] -= 1
+        writer.close()
+        task.cancel()
+    return accepted == len(files)
