@@ -216,7 +216,7 @@ class ServerConnection:
         reader = self._reader
         armed = True  # (no packet taken without arming)
         try:
-            while self.state is not S.CLOSED:
+            while not self._closed():
                 # DATA while receiving, the bulk of a transfer, skips the general dispatch
                 # (the table allows it: _DATA_WHILE_RECEIVING); the deadline, the same for
                 # every packet of the call, is armed when the state changes or at the end.
