@@ -1,6 +1,6 @@
 """A fleet arriving and finishing at once: sessions wait their turn for a full producer
 instead of failing, and a core's deadline does not fire for bytes that already arrived
-while the event loop was late."""
+while the event loop (or Kafka) was late."""
 
 from __future__ import annotations
 
@@ -13,12 +13,20 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaTimeoutError
 
+from camproto import (
+    CameraDevice,
+    CameraFile,
+    DeviceFile,
+    DualCamSlot,
+    FileAccepted,
+    ResumeRequested,
+)
 from contracts import Topic
 from ingestor.adapter import Link, Session
 from ingestor.connection import Connection
 from ingestor.settings import ListenerSettings
 from ingestor.sink import KafkaFailed, KafkaSink, Ledger
-from tests.ingestor.ingestor_helpers import settings
+from tests.ingestor.ingestor_helpers import make_ingestor, settings
 
 # --- Kafka backpressure ----------------------------------------------------------------------
 
@@ -208,3 +216,78 @@ async def test_a_deadline_still_fires_when_nothing_arrived() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+class SlowAcks:
+    """A real Kafka sink whose acknowledgements wait until the test opens the gate."""
+
+    def __init__(self, inner: KafkaSink) -> None:
+        self.inner = inner
+        self.gate = asyncio.Event()
+        self.first_held = asyncio.Event()
+
+    async def send(
+        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> asyncio.Future[Any]:
+        real = await self.inner.send(topic, key, value, headers)
+        held: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        async def release() -> None:
+            result = await real
+            self.first_held.set()
+            await self.gate.wait()
+            held.set_result(result)
+
+        asyncio.get_running_loop().create_task(release())
+        return held
+
+
+async def test_the_resume_interval_runs_from_the_resume_not_from_the_start_record(
+    kafka: str,
+) -> None:
+    """Kafka takes longer than the RESUME interval (2 s) to acknowledge a file's start record:
+    the RESUME went out at once and the device's SYNC waits in the socket, so no second
+    RESUME follows (a device obeying it would end in a protocol error)."""
+    config = settings(kafka)
+    inner = KafkaSink(config.ingestor)
+    await inner.producer.start()
+    sink = SlowAcks(inner)
+    ingestor = make_ingestor(config, sink)
+    await ingestor.start()
+    assert ingestor.port is not None
+    item = DeviceFile(
+        CameraFile.for_slot(DualCamSlot.PHOTO_FRONT), bytes(range(256)) * 8, bytes(32)
+    )
+    conn = CameraDevice(imei=352094082736916, files=[item]).connect()
+    reader, writer = await asyncio.open_connection("127.0.0.1", ingestor.port)
+    resumes: list[ResumeRequested] = []
+    accepted: list[FileAccepted] = []
+
+    async def pump() -> None:
+        while not conn.closed:
+            out = conn.data_to_send()
+            if out:
+                writer.write(out)
+                await writer.drain()
+            data = await reader.read(65536)
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, ResumeRequested):
+                    resumes.append(event)
+                elif isinstance(event, FileAccepted):
+                    accepted.append(event)
+
+    task = asyncio.create_task(pump())
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(sink.first_held.wait(), 10)
+        loop.call_later(2.5, sink.gate.set)  # past the RESUME interval, the start record held
+        await asyncio.wait_for(task, 20)
+    finally:
+        task.cancel()
+        writer.close()
+        await ingestor.stop()
+        await inner.producer.stop()
+    assert [a.file for a in accepted] == [item.file]
+    assert len(resumes) == 1, resumes

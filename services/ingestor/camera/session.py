@@ -293,6 +293,10 @@ class CameraSession(Session):
             metrics.resumes.labels("complete").inc()
             origin, partition = entry.origin, entry.partition
         else:
+            # The RESUME that asks for the data goes out now: its interval runs from here,
+            # not from the start record's acknowledgement (slow in a burst; the data waits
+            # in the socket meanwhile, and chunk records follow the start record).
+            await self._write()
             origin, partition = await self._publish_start(event, transfer_id, metadata)
             start_offset = origin
             if entry is not None:
