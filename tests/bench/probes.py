@@ -135,6 +135,7 @@ async def trickle_device(
     """A camera on a slow link: commands (INIT, SYNC...) go out at once, DATA packets one
     every ``interval`` s. ``active[0]`` counts devices past their first packet. True once
     every file was accepted."""
+    wanted = len(files)  # the device drops files from the list as they are accepted
     conn = CameraDevice(imei=imei, files=files).connect()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     wake = asyncio.Event()
@@ -171,4 +172,4 @@ async def trickle_device(
             active[0] -= 1
         writer.close()
         task.cancel()
-    return accepted == len(files)
+    return accepted == wanted
