@@ -129,10 +129,10 @@ class Connection:
                 return session.detail
 
     async def _arrived(self) -> bytes:
-        """Bytes that reached us before a deadline fired but were not read yet: in the
-        stream's buffer, or on the socket with their callback still queued behind the
-        timer's (the loop is late). A timer acts only on what is really missing."""
-        await asyncio.sleep(0)  # one loop turn: queued socket reads reach the buffer
+        """Bytes that reached us before a deadline fired but were not read yet (the loop was
+        late: in the turn the timer fired, the socket's data reached the stream's buffer
+        first, and the read was cancelled with it there). A timer acts only on what is
+        really missing."""
         if not _buffered(self.reader):
             return b""
         return await self.reader.read(_READ)  # returns at once: the buffer is not empty
