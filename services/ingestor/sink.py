@@ -42,14 +42,17 @@ class KafkaSink:
     """aiokafka producer with acks=all: a record's future resolves once every in-sync
     replica has it.
 
-    Records enter the producer one at a time, in the order sessions asked (a FIFO lock):
-    when a partition's batch is full, only the head of the queue waits for it to drain.
-    Left to aiokafka, every waiting session wakes at each drain and races for the room, so
-    under a burst (thousands of devices finishing at once) the unlucky ones starve until
-    their timeout while the loop spends itself on the wake-ups. A producer that takes
-    nothing (the broker gone) fails the head after ``request_timeout``; those queued behind
-    it then fail at once until a record is taken again.
+    Records enter the producer in the order sessions asked, one at a time per lane (a FIFO
+    lock for each topic and hash of the key, so one full partition does not hold up the
+    others): when a batch is full, only the head of its lane waits for it to drain. Left to
+    aiokafka, every waiting session wakes at each drain and races for the room, so under a
+    burst (thousands of devices finishing at once) the unlucky ones starve until their
+    timeout while the loop spends itself on the wake-ups. A producer that takes nothing (the
+    broker gone) fails a head after ``request_timeout``; those queued behind it then fail at
+    once until a record is taken again.
     """
+
+    LANES = 16
 
     def __init__(self, settings: IngestorSettings, producer: Any = None) -> None:
         self.producer = producer or AIOKafkaProducer(
@@ -61,7 +64,7 @@ class KafkaSink:
             request_timeout_ms=settings.kafka_request_timeout_ms,
             client_id=f"fleetgate-ingestor-{settings.instance}",
         )
-        self._turn = asyncio.Lock()
+        self._lanes: dict[tuple[str, int], asyncio.Lock] = {}
         #: When the head of the queue last failed (loop time), and why.
         self._failed_at = float("-inf")
         self._failure: BaseException | None = None
@@ -71,7 +74,11 @@ class KafkaSink:
     ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         queued = loop.time()
-        async with self._turn:
+        lane = (topic, hash(key) % self.LANES)
+        turn = self._lanes.get(lane)
+        if turn is None:
+            turn = self._lanes[lane] = asyncio.Lock()
+        async with turn:
             if queued <= self._failed_at:  # waited behind a record the producer never took
                 raise KafkaFailed(f"producer stalled: {self._failure!r}")
             try:
