@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
@@ -38,18 +39,27 @@ class KafkaFailed(Exception):
     device, and its session closes (``kafka_error``) so the device sends it again."""
 
 
+@dataclass(slots=True, eq=False)
+class _Lane:
+    """Records waiting for their turn to enter the producer, and whether one is in it."""
+
+    #: (when it queued, topic, key, value, headers, ticket resolved with the record's future)
+    waiting: deque[tuple[float, str, bytes, bytes, list[tuple[str, bytes]], asyncio.Future[Any]]]
+    busy: bool = False
+
+
 class KafkaSink:
     """aiokafka producer with acks=all: a record's future resolves once every in-sync
     replica has it.
 
-    Records enter the producer in the order sessions asked, one at a time per lane (a FIFO
-    lock for each topic and hash of the key, so one full partition does not hold up the
-    others): when a batch is full, only the head of its lane waits for it to drain. Left to
-    aiokafka, every waiting session wakes at each drain and races for the room, so under a
-    burst (thousands of devices finishing at once) the unlucky ones starve until their
-    timeout while the loop spends itself on the wake-ups. A producer that takes nothing (the
-    broker gone) fails a head after ``request_timeout``; those queued behind it then fail at
-    once until a record is taken again.
+    Records enter the producer first come, first served in lanes (per topic and hash of the
+    key, so one full partition does not hold up the others): while a record of a lane waits
+    for room (its batch is full), later records of that lane queue behind it and go in, in
+    order, as soon as it is in. Left to aiokafka, every waiting session wakes at each drain
+    and races for the room, so under a burst (thousands of devices finishing at once) the
+    unlucky ones starve until their timeout while the loop spends itself on the wake-ups. A
+    producer that takes nothing (the broker gone) fails a record after ``request_timeout``;
+    those queued behind it then fail at once until a record is taken again.
     """
 
     LANES = 16
@@ -64,8 +74,9 @@ class KafkaSink:
             request_timeout_ms=settings.kafka_request_timeout_ms,
             client_id=f"fleetgate-ingestor-{settings.instance}",
         )
-        self._lanes: dict[tuple[str, int], asyncio.Lock] = {}
-        #: When the head of the queue last failed (loop time), and why.
+        self._lanes: dict[tuple[str, int], _Lane] = {}
+        self._runners: set[asyncio.Task[None]] = set()
+        #: When a record last failed to enter (loop time), and why.
         self._failed_at = float("-inf")
         self._failure: BaseException | None = None
 
@@ -73,22 +84,66 @@ class KafkaSink:
         self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
     ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
-        queued = loop.time()
-        lane = (topic, hash(key) % self.LANES)
-        turn = self._lanes.get(lane)
-        if turn is None:
-            turn = self._lanes[lane] = asyncio.Lock()
-        async with turn:
-            if queued <= self._failed_at:  # waited behind a record the producer never took
-                raise KafkaFailed(f"producer stalled: {self._failure!r}")
+        name = (topic, hash(key) % self.LANES)
+        lane = self._lanes.get(name)
+        if lane is None:
+            lane = self._lanes[name] = _Lane(deque())
+        if not lane.busy:  # nobody ahead: straight in (returns at once while there is room)
+            lane.busy = True
             try:
-                future: asyncio.Future[Any] = await self.producer.send(
-                    str(topic), value=value, key=key, headers=headers
-                )
-            except Exception as exc:  # no room for request_timeout, or refused
-                self._failed_at, self._failure = loop.time(), exc
-                raise
-            return future
+                return await self._enter(topic, key, value, headers, loop.time())
+            finally:
+                self._next(lane)
+        ticket: asyncio.Future[asyncio.Future[Any]] = loop.create_future()
+        lane.waiting.append((loop.time(), topic, key, value, headers, ticket))
+        return await ticket  # cancelled (the session gave up): the lane skips it
+
+    async def _enter(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        queued: float,
+    ) -> asyncio.Future[Any]:
+        if queued <= self._failed_at:  # waited behind a record the producer never took
+            raise KafkaFailed(f"producer stalled: {self._failure!r}")
+        try:
+            future: asyncio.Future[Any] = await self.producer.send(
+                str(topic), value=value, key=key, headers=headers
+            )
+        except Exception as exc:  # no room for request_timeout, or refused
+            self._failed_at, self._failure = asyncio.get_running_loop().time(), exc
+            raise
+        return future
+
+    def _next(self, lane: _Lane) -> None:
+        """The record in the producer is in (or failed): the queue's turn, or the lane is free."""
+        if not lane.waiting:
+            lane.busy = False
+            return
+        runner = asyncio.get_running_loop().create_task(self._run(lane))
+        self._runners.add(runner)
+        runner.add_done_callback(self._runners.discard)
+
+    async def _run(self, lane: _Lane) -> None:
+        try:
+            while lane.waiting:
+                queued, topic, key, value, headers, ticket = lane.waiting.popleft()
+                if ticket.done():
+                    continue
+                try:
+                    future = await self._enter(topic, key, value, headers, queued)
+                except Exception as exc:  # the session gets it, as from a direct send
+                    if not ticket.done():
+                        ticket.set_exception(exc)
+                    continue
+                if ticket.done():  # gave up meanwhile: the record goes out anyway
+                    future.add_done_callback(_retrieve)
+                else:
+                    ticket.set_result(future)
+        finally:
+            lane.busy = False
 
 
 class Ledger:
