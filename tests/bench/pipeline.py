@@ -751,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--devices", type=int, default=20, help="cameras in the saturation and half-load fleets"
+        "--devices", type=int, default=30, help="cameras in the saturation and half-load fleets"
     )
     parser.add_argument(
         "--video-mib", type=float, default=4, help="each camera's video (plus a 50 KiB photo)"
