@@ -606,7 +606,7 @@ def _reasons(values: dict[str, float]) -> dict[str, float]:
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     content = ContentSpec(
-        photos=1, videos=1, photo_size=50 * 1024, video_size=args.video_mib * 1024 * 1024
+        photos=1, videos=1, photo_size=50 * 1024, video_size=int(args.video_mib * 1024 * 1024)
     )
     data = Path(tempfile.mkdtemp(prefix="fleetgate-bench-"))
     stack = Stack(data)
