@@ -578,8 +578,9 @@ async def sessions(sampler: Sampler, args: argparse.Namespace) -> dict[str, Any]
         if int(time.monotonic() - start) % 5 == 0:
             done = sum(task.done() for task in devices)
             say(f"active sessions: {active[0]} mid-file, {done}/{count} done")
-    ok = sum(bool(task.result()) for task in devices if not task.exception())
-    await stored_all(sampler, hooks_before + count, args.timeout)
+    errors = [repr(task.exception()) for task in devices if task.exception() is not None]
+    ok = sum(bool(task.result()) for task in devices if task.exception() is None)
+    await stored_all(sampler, hooks_before + ok, args.timeout)  # every accepted file stored
     after = _reasons(scrape(stack.metrics["ingestor"]))
     return {
         "sessions": count,
@@ -587,6 +588,8 @@ async def sessions(sampler: Sampler, args: argparse.Namespace) -> dict[str, Any]
         "active_sessions_held": held,
         "active_rss_per_session_kib": (peak - active_base) / max(held, 1) / 1024,
         "active_files_accepted": ok,
+        "active_device_errors": len(errors),
+        "active_device_error_examples": errors[:5],
         "active_seconds": time.monotonic() - start,
         "active_sessions_closed_by_reason": {
             reason: after[reason] - before.get(reason, 0.0)
