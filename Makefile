@@ -102,8 +102,9 @@ cov: .venv ## Run the test suite with branch coverage (HTML in htmlcov/)
 	$(BIN)/pytest --cov=camproto --cov=dmtproto --cov=contracts --cov=fleetgate --cov=simulator --cov-report=term --cov-report=html
 
 .PHONY: bench
-bench: .venv ## Run the benchmarks (tests/bench/run.py)
+bench: .venv ## Run the benchmarks: protocol cores, then the whole pipeline (BENCH_FLAGS="--devices 50 --sessions 10000" for a bigger run)
 	$(BIN)/python tests/bench/run.py
+	$(BIN)/python -m tests.bench.pipeline $(BENCH_FLAGS)
 
 .PHONY: run
 run: .venv $(if $(filter kafka,$(FLEETGATE_BROKER)),$(KAFKA_STAMP)) ## Run the pipeline on an embedded broker and S3 server (Ctrl-C stops it; FLEETGATE_BROKER=kafka: on a local Apache Kafka)

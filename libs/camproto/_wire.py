@@ -161,10 +161,28 @@ _DEVICE_COMMANDS = frozenset({CommandId.INIT, *_DEVICE_LENGTHS})
 INIT_SIZE = 16
 
 
+_DATA = int(CommandId.DATA)
+_DATA_MAX = DATA_CHUNK + 2
+
+
 class ServerFrameReader(_Reader):
     """Splits what a device sends into frames (the server's side of the wire)."""
 
     __slots__ = ()
+
+    def next_data(self) -> tuple[bytes, int] | None:
+        """The next frame if it is a whole, well-formed plain DATA packet: its data and CRC
+        field (the hot path of a transfer, one packet per KiB). Otherwise None, and nothing is
+        consumed: :meth:`next_frame` then takes it, or says what is wrong with it."""
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < 4:
+            return None
+        command, length = _HEADER.unpack_from(buf, pos)
+        end = pos + 4 + length
+        if command != _DATA or not 3 <= length <= _DATA_MAX or len(buf) < end:
+            return None
+        self._pos = end
+        return bytes(buf[pos + 4 : end - 2]), buf[end - 2] << 8 | buf[end - 1]
 
     def next_frame(self) -> Frame | None:
         """Return the next whole frame, or None if more bytes are needed."""

@@ -157,6 +157,50 @@ class ChunkReceived(Event):
     resume_crc: int
 
 
+_CHUNK_SLOTS = tuple(
+    ChunkReceived.__dict__[name].__set__
+    for name in (
+        "file",
+        "offset",
+        "data",
+        "crc",
+        "crc_init",
+        "file_crc",
+        "last",
+        "resume_end",
+        "resume_crc",
+    )
+)
+
+
+def chunk_received(
+    file: CameraFile,
+    offset: int,
+    data: bytes,
+    crc: int,
+    crc_init: int,
+    file_crc: int,
+    last: bool,
+    resume_end: int,
+    resume_crc: int,
+) -> ChunkReceived:
+    """The same :class:`ChunkReceived` as its constructor makes, for the hot path (one per
+    KiB of file): the frozen ``__init__`` sets each field through ``object.__setattr__``,
+    which costs about twice as much as filling the slots directly."""
+    event: ChunkReceived = object.__new__(ChunkReceived)
+    s0, s1, s2, s3, s4, s5, s6, s7, s8 = _CHUNK_SLOTS
+    s0(event, file)
+    s1(event, offset)
+    s2(event, data)
+    s3(event, crc)
+    s4(event, crc_init)
+    s5(event, file_crc)
+    s6(event, last)
+    s7(event, resume_end)
+    s8(event, resume_crc)
+    return event
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CrcMismatch(Event):
     """A DATA packet failed its CRC; the server asked for a resend from ``offset``."""

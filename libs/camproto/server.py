@@ -22,7 +22,6 @@ from ._crc import crc16
 from ._wire import DATA_CHUNK, CommandId, FrameError, ServerFrameReader, encode
 from .errors import LocalProtocolError, RemoteProtocolError
 from .events import (
-    ChunkReceived,
     CrcMismatch,
     Event,
     FileEmpty,
@@ -37,6 +36,7 @@ from .events import (
     TransferRefused,
     TransferRestarted,
     TransferStarted,
+    chunk_received,
 )
 from .files import PATH_FILE_READY_BIT, CameraFile, offered_slots
 from .metadata import Metadata, decode_metadata
@@ -87,6 +87,8 @@ _MAX_IMEI = 10**15
 S = ServerState
 C = CommandId
 A = StatusAction
+#: Where a plain DATA packet may take a session that is receiving a file.
+_DATA_WHILE_RECEIVING = TRANSITIONS[(S.RECEIVING, C.DATA)]
 
 #: Protocol ids accepted in INIT. 5: FMx firmware 03.27.00.Rev.100 and up; 1-4: older firmware,
 #: whose 16-byte INIT has the same layout (Teltonika's test server and Traccar read every id
@@ -220,12 +222,30 @@ class ServerConnection:
         self._now = max(self._now, now)
         self._reader.feed(data)
         events: list[Event] = []
+        reader = self._reader
+        armed = True  # (no packet taken without arming)
         try:
-            while not self._closed() and (frame := self._reader.next_frame()):
+            while not self._closed():
+                # DATA while receiving, the bulk of a transfer, skips the general dispatch
+                # (the table allows it: _DATA_WHILE_RECEIVING); the deadline, the same for
+                # every packet of the call, is armed when the state changes or at the end.
+                if self.state is S.RECEIVING and (packet := reader.next_data()):
+                    self._on_chunk(packet[0], packet[1], now, events)
+                    if self.state is S.RECEIVING:
+                        armed = False
+                        continue
+                    assert self.state in _DATA_WHILE_RECEIVING, self.state
+                    self._arm()
+                    armed = True
+                    continue
+                frame = reader.next_frame()
+                if frame is None:
+                    break
                 allowed = self._input(frame.command, events)
                 self._handlers[frame.command](frame.payload, now, events)
                 assert self.state in allowed, (frame.command, self.state)
                 self._arm()
+                armed = True
         except FrameError as exc:
             message = f"{exc} (state {self.state_name})"
             self._fail()
@@ -233,6 +253,8 @@ class ServerConnection:
         except RemoteProtocolError as exc:
             self._fail()
             raise RemoteProtocolError(str(exc), events) from None
+        if not armed:
+            self._arm()
         return events
 
     def _fail(self) -> None:
@@ -547,12 +569,10 @@ class ServerConnection:
         self._send_resume(now, retry=True)
 
     def _on_data(self, payload: bytes, now: float, events: list[Event]) -> None:
-        if self.state is S.AWAIT_SYNC:
-            assert self._transfer is not None
-            self._transfer.ignored += 1
-            return
-        crc = payload[-2] << 8 | payload[-1]
-        self._on_chunk(payload[:-2], crc, now, events)
+        # While RECEIVING every plain DATA packet takes receive_data's fast path (the same
+        # framing rules as next_frame); here only the packets ignored until the SYNC.
+        assert self.state is S.AWAIT_SYNC and self._transfer is not None, self.state
+        self._transfer.ignored += 1
 
     def _on_enhanced_data(self, payload: bytes, now: float, events: list[Event]) -> None:
         transfer = self._transfer
@@ -638,17 +658,17 @@ class ServerConnection:
             )
             return
         events.append(
-            ChunkReceived(
-                file=transfer.file,
-                offset=offset,
-                data=data,
-                crc=crc,
-                crc_init=crc_init,
-                file_crc=file_crc,
-                last=last,
+            chunk_received(  # ChunkReceived(...), without the frozen __init__'s cost
+                transfer.file,
+                offset,
+                data,
+                crc,
+                crc_init,
+                file_crc,
+                last,
                 # A RESUME must point inside the file: never past the start of its last chunk.
-                resume_end=offset if last else offset + size,
-                resume_crc=transfer.file_crc if last else file_crc,
+                offset if last else offset + size,
+                transfer.file_crc if last else file_crc,
             )
         )
         transfer.chain, transfer.file_crc = crc, file_crc

@@ -94,6 +94,16 @@ class Connection:
                 if self._woken:  # a stop request: the loop's head decides
                     self._woken = False
                     continue
+                data = await self._arrived()
+                if data:
+                    # The deadline passed while the device's bytes were waiting to be read
+                    # (the loop lagged under load): they count, the timer does not.
+                    last_data = loop.time()
+                    await session.receive_data(data, last_data)
+                    await self._write()
+                    if session.closed:
+                        return session.detail
+                    continue
                 now = loop.time()
                 if now - since >= idle:
                     why = (
@@ -117,6 +127,15 @@ class Connection:
             await self._write()
             if session.closed:
                 return session.detail
+
+    async def _arrived(self) -> bytes:
+        """Bytes that reached us before a deadline fired but were not read yet (the loop was
+        late: in the turn the timer fired, the socket's data reached the stream's buffer
+        first, and the read was cancelled with it there). A timer acts only on what is
+        really missing."""
+        if not _buffered(self.reader):
+            return b""
+        return await self.reader.read(_READ)  # returns at once: the buffer is not empty
 
     # Stopping -------------------------------------------------------------------------
 
@@ -168,3 +187,10 @@ class Connection:
                     await self.writer.wait_closed()
             except (TimeoutError, ConnectionError):
                 pass
+
+
+def _buffered(reader: asyncio.StreamReader) -> int:
+    """Bytes in ``reader``'s buffer (asyncio has no public peek; ``_buffer`` has been the
+    buffer since the module exists)."""
+    buffer: bytearray = getattr(reader, "_buffer", bytearray())
+    return len(buffer)

@@ -150,7 +150,11 @@ class Ingestor:
                 settings=protocol.settings,
                 instance=self.settings.instance,
                 peer=peer_text,
-                ledger=Ledger(self.sink, self.settings.ack_timeout_seconds),
+                ledger=Ledger(
+                    self.sink,
+                    self.settings.ack_timeout_seconds,
+                    self.settings.enqueue_timeout_seconds,
+                ),
                 log=_log,
             )
             link.log = _log.bind(protocol=name, session=link.session_id, peer=peer_text)

@@ -30,6 +30,12 @@ class IngestorSettings(CommonSettings):
     ack_timeout_seconds: float = Field(
         30.0, description="seconds to wait for Kafka to take or acknowledge a record"
     )
+    enqueue_timeout_seconds: float = Field(
+        120.0,
+        description="longest a record waits for room in the producer while Kafka keeps taking "
+        "records (a burst of sessions queues in turn); a producer that takes nothing fails "
+        "its queue after kafka_request_timeout_ms",
+    )
     drain_timeout_seconds: float = Field(
         20.0, description="seconds SIGTERM lets sessions with work in flight finish it"
     )

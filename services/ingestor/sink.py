@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
@@ -41,12 +42,33 @@ class KafkaFailed(Exception):
     device, and its session closes (``kafka_error``) so the device sends it again."""
 
 
+@dataclass(slots=True, eq=False)
+class _Lane:
+    """Records waiting for their turn to enter the producer, and whether one is in it."""
+
+    #: (when it queued, topic, key, value, headers, ticket resolved with the record's future)
+    waiting: deque[tuple[float, str, bytes, bytes, list[tuple[str, bytes]], asyncio.Future[Any]]]
+    busy: bool = False
+
+
 class KafkaSink:
     """aiokafka producer with acks=all: a record's future resolves once every in-sync
-    replica has it."""
+    replica has it.
 
-    def __init__(self, settings: IngestorSettings) -> None:
-        self.producer = AIOKafkaProducer(
+    Records enter the producer first come, first served in lanes (per topic and hash of the
+    key, so one full partition does not hold up the others): while a record of a lane waits
+    for room (its batch is full), later records of that lane queue behind it and go in, in
+    order, as soon as it is in. Left to aiokafka, every waiting session wakes at each drain
+    and races for the room, so under a burst (thousands of devices finishing at once) the
+    unlucky ones starve until their timeout while the loop spends itself on the wake-ups. A
+    producer that takes nothing (the broker gone) fails a record after ``request_timeout``;
+    those queued behind it then fail at once until a record is taken again.
+    """
+
+    LANES = 16
+
+    def __init__(self, settings: IngestorSettings, producer: Any = None) -> None:
+        self.producer = producer or AIOKafkaProducer(
             **producer_kwargs(settings),
             linger_ms=settings.kafka_linger_ms,
             max_request_size=settings.kafka_max_request_bytes,
@@ -54,16 +76,79 @@ class KafkaSink:
             request_timeout_ms=settings.kafka_request_timeout_ms,
             client_id=f"fleetgate-ingestor-{settings.instance}",
         )
+        self._lanes: dict[tuple[str, int], _Lane] = {}
+        self._runners: set[asyncio.Task[None]] = set()
+        #: When a record last failed to enter (loop time), and why.
+        self._failed_at = float("-inf")
+        self._failure: BaseException | None = None
 
     async def send(
         self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
     ) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        name = (topic, hash(key) % self.LANES)
+        lane = self._lanes.get(name)
+        if lane is None:
+            lane = self._lanes[name] = _Lane(deque())
+        if not lane.busy:  # nobody ahead: straight in (returns at once while there is room)
+            lane.busy = True
+            try:
+                return await self._enter(topic, key, value, headers, loop.time())
+            finally:
+                self._next(lane)
+        ticket: asyncio.Future[asyncio.Future[Any]] = loop.create_future()
+        lane.waiting.append((loop.time(), topic, key, value, headers, ticket))
+        return await ticket  # cancelled (the session gave up): the lane skips it
+
+    async def _enter(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        queued: float,
+    ) -> asyncio.Future[Any]:
+        if queued <= self._failed_at:  # waited behind a record the producer never took
+            raise KafkaFailed(f"producer stalled: {self._failure!r}")
         started = time.monotonic()
-        future: asyncio.Future[Any] = await self.producer.send(
-            str(topic), value=value, key=key, headers=headers
-        )
+        try:
+            future: asyncio.Future[Any] = await self.producer.send(
+                str(topic), value=value, key=key, headers=headers
+            )
+        except Exception as exc:  # no room for request_timeout, or refused
+            self._failed_at, self._failure = asyncio.get_running_loop().time(), exc
+            metrics.kafka_errors.inc()
+            raise
         future.add_done_callback(lambda done: _observe_produce(started, done))
         return future
+
+    def _next(self, lane: _Lane) -> None:
+        """The record in the producer is in (or failed): the queue's turn, or the lane is free."""
+        if not lane.waiting:
+            lane.busy = False
+            return
+        runner = asyncio.get_running_loop().create_task(self._run(lane))
+        self._runners.add(runner)
+        runner.add_done_callback(self._runners.discard)
+
+    async def _run(self, lane: _Lane) -> None:
+        try:
+            while lane.waiting:
+                queued, topic, key, value, headers, ticket = lane.waiting.popleft()
+                if ticket.done():
+                    continue
+                try:
+                    future = await self._enter(topic, key, value, headers, queued)
+                except Exception as exc:  # the session gets it, as from a direct send
+                    if not ticket.done():
+                        ticket.set_exception(exc)
+                    continue
+                if ticket.done():  # gave up meanwhile: the record goes out anyway
+                    future.add_done_callback(_retrieve)
+                else:
+                    ticket.set_result(future)
+        finally:
+            lane.busy = False
 
 
 def _observe_produce(started: float, future: asyncio.Future[Any]) -> None:
@@ -77,9 +162,12 @@ def _observe_produce(started: float, future: asyncio.Future[Any]) -> None:
 class Ledger:
     """One session's records not yet acknowledged, oldest first, and their bytes."""
 
-    def __init__(self, sink: Sink, timeout: float) -> None:
+    def __init__(self, sink: Sink, timeout: float, enqueue_timeout: float | None = None) -> None:
         self.sink = sink
         self.timeout = timeout
+        #: Longest wait for room in the producer (a burst queues sessions behind each
+        #: other; a stalled producer fails them sooner, see :class:`KafkaSink`).
+        self.enqueue_timeout = timeout if enqueue_timeout is None else enqueue_timeout
         self._pending: deque[tuple[asyncio.Future[Any], int]] = deque()
         self.pending_bytes = 0
         self._failure: str | None = None
@@ -88,11 +176,12 @@ class Ledger:
         self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None = None
     ) -> asyncio.Future[Any]:
         """Hand one record to the producer; the future resolves once Kafka acknowledged it.
-        :class:`KafkaFailed` if the producer refuses it or has no room for ``timeout``."""
+        :class:`KafkaFailed` if the producer refuses it, stalls, or has no room for
+        ``enqueue_timeout``."""
         try:
-            # Enqueueing waits while the producer is full (backpressure) or has no metadata
-            # (broker unreachable); the latter must not hang the session.
-            async with asyncio.timeout(self.timeout):
+            # Enqueueing waits while the producer is full (backpressure: bounded, in turn)
+            # or has no metadata (broker unreachable); the latter must not hang the session.
+            async with asyncio.timeout(self.enqueue_timeout):
                 future = await self.sink.send(topic, key, value, headers or [])
         except Exception as exc:  # refused outright, or no room for `timeout` seconds
             raise KafkaFailed(f"cannot enqueue to {topic}: {exc!r}") from exc

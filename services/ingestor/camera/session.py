@@ -142,6 +142,7 @@ class CameraSession(Session):
         self._metadata: dict[bytes, Metadata] = {}
         self._transfer: _Transfer | None = None
         self._received = 0
+        self._unmetered = 0  # file bytes not yet added to the metric
         self._opened = time.monotonic()
         self._abort: str | None = None
         self._abort_reason = "resume_reset"
@@ -288,11 +289,20 @@ class CameraSession(Session):
     # Events ---------------------------------------------------------------------------
 
     async def _handle(self, events: list[Event] | list[object]) -> None:
+        try:
+            await self._handle_events(events)
+        finally:
+            if self._unmetered:
+                metrics.file_bytes.inc(self._unmetered)
+                self._unmetered = 0
+
+    async def _handle_events(self, events: list[Event] | list[object]) -> None:
         for event in events:
             if self._abort is not None:
                 return
             if isinstance(event, ChunkReceived):
-                await self._on_chunk(event)
+                if not self._append(event):  # most packets: added to the record, no await
+                    await self._on_chunk(event)
             elif isinstance(event, TransferComplete):
                 await self._on_complete(event)
             elif isinstance(event, TransferStarted):
@@ -358,6 +368,10 @@ class CameraSession(Session):
             metrics.resumes.labels("complete").inc()
             origin, partition = entry.origin, entry.partition
         else:
+            # The RESUME that asks for the data goes out now: its interval runs from here,
+            # not from the start record's acknowledgement (slow in a burst; the data waits
+            # in the socket meanwhile, and chunk records follow the start record).
+            await self._write()
             origin, partition = await self._publish_start(event, transfer_id, metadata)
             start_offset = origin
             if entry is not None:
@@ -473,7 +487,36 @@ class CameraSession(Session):
             self._abort_reason = "superseded"
         return True
 
+    def _append(self, event: ChunkReceived) -> bool:
+        """The hot path: a packet that continues the record being built joins it. False if
+        it needs :meth:`_on_chunk` (a new record, a replayed transfer)."""
+        transfer = self._transfer
+        assert transfer is not None
+        record = transfer.record
+        size = len(event.data)
+        if (
+            record is None
+            or transfer.replay is not None
+            or self._policy.taken_over(transfer.id)
+            or event.offset != record.offset + record.size
+            or event.crc_init != record.crc
+            or record.size + size > self.settings.record_bytes
+        ):
+            return False
+        transfer.bytes += size
+        self._received += size
+        self._unmetered += size  # counted once per read, not per packet
+        transfer.file_crc = event.file_crc
+        record.parts.append(event.data)
+        record.size += size
+        record.crc, record.file_crc = event.crc, event.file_crc
+        if event.resume_end > record.safe_end:
+            record.check_end, record.check_crc = record.safe_end, record.safe_crc
+            record.safe_end, record.safe_crc = event.resume_end, event.resume_crc
+        return True
+
     async def _on_chunk(self, event: ChunkReceived) -> None:
+        """A packet that starts a record (or of a transfer durable already)."""
         transfer = self._transfer
         assert transfer is not None
         if self._superseded(transfer):
@@ -485,30 +528,20 @@ class CameraSession(Session):
         before, transfer.file_crc = transfer.file_crc, event.file_crc
         if transfer.replay is not None:
             return  # durable already
-        record = transfer.record
-        if (
-            record is not None
-            and event.offset == record.offset + record.size
-            and event.crc_init == record.crc
-            and record.size + size <= self.settings.record_bytes
-        ):
-            record.parts.append(event.data)
-            record.size += size
-            record.crc, record.file_crc = event.crc, event.file_crc
-        else:
-            await self._flush_record()
-            record = transfer.record = _Record(
-                offset=event.offset,
-                crc_init=event.crc_init,
-                crc=event.crc,
-                file_crc=event.file_crc,
-                parts=[event.data],
-                size=size,
-                safe_end=event.offset,
-                safe_crc=before,
-                check_end=event.offset,
-                check_crc=before,
-            )
+        # Not a continuation of the record being built (that is :meth:`_append`): a new one.
+        await self._flush_record()
+        record = transfer.record = _Record(
+            offset=event.offset,
+            crc_init=event.crc_init,
+            crc=event.crc,
+            file_crc=event.file_crc,
+            parts=[event.data],
+            size=size,
+            safe_end=event.offset,
+            safe_crc=before,
+            check_end=event.offset,
+            check_crc=before,
+        )
         if event.resume_end > record.safe_end:
             record.check_end, record.check_crc = record.safe_end, record.safe_crc
             record.safe_end, record.safe_crc = event.resume_end, event.resume_crc
