@@ -46,20 +46,27 @@ async def test_progress_follows_acknowledged_chunks(kafka: str) -> None:
     files = [dualcam_video(150_000), dsm_video(150_000)]
     async with running(settings(kafka, record_bytes=16 * 1024)) as ingestor:
         assert ingestor.port is not None
+        # A first small file warms the producer up (its producer id and the partitions'
+        # leaders, on a real broker with topics just created): acknowledgements that wait for
+        # those would all come together, and so would the progress records.
+        warm = CameraDevice(imei=IMEI + 9, files=[dualcam_video(3_000, seed=9)])
+        await Hopper(warm, [ingestor.port], rate=600_000).run(within=20)
         hoppers = [
             Hopper(CameraDevice(imei=IMEI + i, files=[item]), [ingestor.port], rate=600_000)
             for i, item in enumerate(files)
         ]
         await asyncio.gather(*(h.run(within=20) for h in hoppers))
-    published = await read_published(kafka, ends=2)
-    records = await read_progress(kafka, until=lambda got: sum(p.complete for p in got) == 2)
+    published = await read_published(kafka, ends=3)
+    records = await read_progress(kafka, until=lambda got: sum(p.complete for p in got) == 3)
     starts = await start_records(kafka)
     for tid, start in published.starts.items():
         data = bytes(published.files[tid])
         mine = progress_of(records, tid)
         offsets = [p.offset for p in mine]
         # one record per acknowledged chunk record (16 KiB), unless acks came together
-        assert offsets == sorted(offsets) and len(offsets) >= 5
+        assert offsets == sorted(offsets)
+        if len(data) > 100_000:  # the two files under test, not the warm-up photo
+            assert len(offsets) >= 5
         for p in mine:
             assert p.crc == crc16(data[: p.offset])  # what a RESUME needs
             assert (p.partition, p.origin) == starts[tid][0]
