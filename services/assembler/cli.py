@@ -8,8 +8,9 @@ import logging
 
 from runtime import configure_logging, start_metrics_server, stop_on_signals
 from runtime.cli import add_settings_arguments, settings_from_args
+from runtime.kafka import client_kwargs
 from runtime.lag import LagMonitor, start_lag_monitors
-from runtime.metrics import Check, Readiness, tcp_check
+from runtime.metrics import Check, Readiness, kafka_check
 
 from .settings import AssemblerSettings
 
@@ -24,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     # urllib3 warns of each retry inside one S3 attempt; the assembler logs failed attempts.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     readiness = Readiness("assembler")
-    readiness.add("kafka", tcp_check("Kafka", settings.kafka_bootstrap.split(",")))
+    readiness.add("kafka", kafka_check(client_kwargs(settings)))
     readiness.add("s3", s3_check(settings))
     start_metrics_server(settings.metrics_host, settings.metrics_port, readiness)
 
