@@ -29,15 +29,15 @@ def run(args: argparse.Namespace) -> int:
     readiness.add("s3", s3_check(settings))
     start_metrics_server(settings.metrics_host, settings.metrics_port, readiness)
 
-    from contracts import Topic
-
     from .app import serve  # faust is imported only when the service runs
 
     async def main() -> int:
         stop = asyncio.Event()
         stop_on_signals(stop)
-        lag = LagMonitor(settings.kafka_bootstrap, settings.app_id, [str(Topic.CHUNKS)])
-        tasks = [asyncio.create_task(readiness.watch()), *start_lag_monitors([lag])]
+        tasks = [
+            asyncio.create_task(readiness.watch()),
+            *start_lag_monitors([lag_monitor(settings)]),
+        ]
         try:
             return await serve(settings, stop, on_started=readiness.started)
         finally:
@@ -46,6 +46,19 @@ def run(args: argparse.Namespace) -> int:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     return asyncio.run(main())
+
+
+def lag_monitor(settings: AssemblerSettings) -> LagMonitor:
+    """The lag of the assembler's group on the chunk topic."""
+    from contracts import Topic
+
+    return LagMonitor(
+        settings.kafka_bootstrap,
+        settings.app_id,
+        [str(Topic.CHUNKS)],
+        interval=settings.lag_interval_seconds,
+        client_kwargs=client_kwargs(settings),
+    )
 
 
 def s3_check(settings: AssemblerSettings) -> Check:

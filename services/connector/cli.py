@@ -126,7 +126,13 @@ def lag_monitors(settings: ConnectorSettings, config: ConnectorConfig) -> list[L
     """One per enabled endpoint: its group on the files topic and the retry tiers."""
     topics = [str(Topic.FILES), *config.retry.topics]
     return [
-        LagMonitor(settings.kafka_bootstrap, f"{settings.connector_group_prefix}-{e.name}", topics)
+        LagMonitor(
+            settings.kafka_bootstrap,
+            f"{settings.connector_group_prefix}-{e.name}",
+            topics,
+            interval=settings.lag_interval_seconds,
+            client_kwargs=client_kwargs(settings),
+        )
         for e in config.enabled
     ]
 
