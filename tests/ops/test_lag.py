@@ -57,7 +57,10 @@ async def test_the_monitor_reads_committed_and_end_offsets_from_kafka(kafka: str
             await producer.send_and_wait("lag.test", str(i).encode())  # exact then)
     finally:
         await producer.stop()
-    committer = AIOKafkaConsumer(bootstrap_servers=kafka, group_id="lag-group")
+    # no auto-commit: stopping would commit the position it fetched up to
+    committer = AIOKafkaConsumer(
+        bootstrap_servers=kafka, group_id="lag-group", enable_auto_commit=False
+    )
     await committer.start()
     try:
         committer.assign([TopicPartition("lag.test", 0)])
