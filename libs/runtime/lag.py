@@ -21,6 +21,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
+from .kafka import partitions_of
+
 __all__ = ["LagMonitor", "consumer_lag", "lag_by_topic", "start_lag_monitors"]
 
 _log = structlog.get_logger("fleetgate.lag")
@@ -53,7 +55,11 @@ def lag_by_topic(
 
 
 class LagMonitor:
-    """Publishes the lag of ``group`` on ``topics`` until cancelled."""
+    """Publishes the lag of ``group`` on ``topics`` until cancelled.
+
+    ``client_kwargs`` are the service's aiokafka client arguments
+    (:func:`runtime.kafka.client_kwargs`: TLS, SASL); ``interval`` its ``lag_interval_seconds``.
+    """
 
     def __init__(
         self,
@@ -77,11 +83,10 @@ class LagMonitor:
         self, admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer
     ) -> dict[str, int]:
         """One reading: lag per topic (topics that do not exist yet are left out)."""
-        await consumer.topics()  # refreshes metadata
         partitions = [
             TopicPartition(topic, p)
             for topic in self.topics
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
+            for p in sorted(await partitions_of(consumer, topic))  # fetched now, every topic
         ]
         if not partitions:
             return {}
@@ -114,10 +119,9 @@ class LagMonitor:
                 await _close(*clients)
 
     async def _connect(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.client_kwargs)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False, **self.client_kwargs
-        )
+        options = {**self.client_kwargs, "bootstrap_servers": self.bootstrap}
+        admin = AIOKafkaAdminClient(**options)
+        consumer = AIOKafkaConsumer(enable_auto_commit=False, **options)
         try:
             await admin.start()
             await consumer.start()

@@ -2,7 +2,8 @@
 
 One small server per process, in a daemon thread, so it answers even while the event loop is
 busy. Readiness is a set of named checks the service registers (:class:`Readiness`): callables
-that return ``None`` when all is well or a short reason when not ("kafka: ... unreachable").
+that return ``None`` when all is well or a short reason when not ("kafka: ... unreachable"),
+e.g. :func:`kafka_check`, a metadata request to the brokers.
 The service's event loop runs :meth:`Readiness.watch`, which evaluates them every few seconds,
 logs each change, and ticks a heartbeat: ``/healthz`` turns 503 when that heartbeat stalls
 (the loop is wedged), so the kubelet restarts the container. ``/readyz`` reports the last
@@ -14,18 +15,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import structlog
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaError
+from aiokafka.protocol.metadata import MetadataRequest
 from prometheus_client import REGISTRY, Gauge, make_wsgi_app
 
-__all__ = ["Check", "Readiness", "start_metrics_server", "tcp_check"]
+__all__ = ["Check", "Readiness", "kafka_check", "start_metrics_server"]
 
 _log = structlog.get_logger("fleetgate.health")
 
@@ -143,26 +146,61 @@ class Readiness:
             _log.info("ready", service=self.service)
 
 
-def tcp_check(what: str, addresses: Iterable[str], timeout: float = 2.0) -> Check:
-    """A check that passes when any ``host:port`` of ``addresses`` accepts a TCP connection.
+def kafka_check(client: Mapping[str, Any], timeout: float = 3.0) -> Check:
+    """A check that passes when a broker of the bootstrap list answers a Kafka metadata request.
 
-    ``addresses`` is read at each call (a comma-separated bootstrap list works:
-    ``kafka_bootstrap.split(",")``).
+    ``client`` holds the service's aiokafka client arguments (:func:`runtime.kafka.client_kwargs`):
+    the probe connects as the service's clients do (TLS, SASL), exchanges ApiVersions, then asks
+    for the cluster's brokers (no topics). A port that accepts connections but is not Kafka (a
+    wrong address, a proxy with no broker behind it) fails, as does a broker refusing the
+    credentials. Each call opens and closes one short-lived connection on its own event loop, so
+    it runs where :class:`Readiness` runs checks (a worker thread), never on the service's loop.
     """
-    targets = [a.strip() for a in addresses if a.strip()]
+    bootstrap = str(client.get("bootstrap_servers", ""))
+    targets = [a.strip() for a in bootstrap.split(",") if a.strip()]
+    options = {key: client[key] for key in _CONNECTION_OPTIONS if key in client}
 
-    def check() -> str | None:
+    async def probe(target: str) -> None:
+        host, _, port = target.rpartition(":")
+        conn = await create_conn(
+            host.strip("[]"),
+            int(port),
+            client_id="fleetgate-readiness",
+            request_timeout_ms=int(timeout * 1000),
+            **options,
+        )
+        try:
+            await conn.send(MetadataRequest([]))
+        finally:
+            conn.close()
+
+    async def first_answer() -> str | None:
         errors = []
         for target in targets:
-            host, _, port = target.rpartition(":")
             try:
-                with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-                    return None
-            except (OSError, ValueError) as exc:
-                errors.append(f"{target} {type(exc).__name__}: {exc}")
-        return f"{what} unreachable ({'; '.join(errors) or 'no address'})"
+                await asyncio.wait_for(probe(target), timeout)
+                return None
+            except TimeoutError:
+                errors.append(f"{target}: no Kafka answer within {timeout:g} s")
+            except (KafkaError, OSError, ValueError) as exc:
+                text, name = str(exc), type(exc).__name__
+                errors.append(f"{target} {text if text.startswith(name) else f'{name}: {text}'}")
+        return f"Kafka unreachable ({'; '.join(errors) or 'no address'})"
+
+    def check() -> str | None:
+        return asyncio.run(first_answer())
 
     return check
+
+
+#: What :func:`kafka_check` takes from the client arguments to connect as the service does.
+_CONNECTION_OPTIONS = (
+    "security_protocol",
+    "ssl_context",
+    "sasl_mechanism",
+    "sasl_plain_username",
+    "sasl_plain_password",
+)
 
 
 class _QuietHandler(WSGIRequestHandler):

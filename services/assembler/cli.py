@@ -8,8 +8,9 @@ import logging
 
 from runtime import configure_logging, start_metrics_server, stop_on_signals
 from runtime.cli import add_settings_arguments, settings_from_args
+from runtime.kafka import client_kwargs
 from runtime.lag import LagMonitor, start_lag_monitors
-from runtime.metrics import Check, Readiness, tcp_check
+from runtime.metrics import Check, Readiness, kafka_check
 
 from .settings import AssemblerSettings
 
@@ -24,19 +25,19 @@ def run(args: argparse.Namespace) -> int:
     # urllib3 warns of each retry inside one S3 attempt; the assembler logs failed attempts.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     readiness = Readiness("assembler")
-    readiness.add("kafka", tcp_check("Kafka", settings.kafka_bootstrap.split(",")))
+    readiness.add("kafka", kafka_check(client_kwargs(settings)))
     readiness.add("s3", s3_check(settings))
     start_metrics_server(settings.metrics_host, settings.metrics_port, readiness)
-
-    from contracts import Topic
 
     from .app import serve  # faust is imported only when the service runs
 
     async def main() -> int:
         stop = asyncio.Event()
         stop_on_signals(stop)
-        lag = LagMonitor(settings.kafka_bootstrap, settings.app_id, [str(Topic.CHUNKS)])
-        tasks = [asyncio.create_task(readiness.watch()), *start_lag_monitors([lag])]
+        tasks = [
+            asyncio.create_task(readiness.watch()),
+            *start_lag_monitors([lag_monitor(settings)]),
+        ]
         try:
             return await serve(settings, stop, on_started=readiness.started)
         finally:
@@ -45,6 +46,19 @@ def run(args: argparse.Namespace) -> int:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     return asyncio.run(main())
+
+
+def lag_monitor(settings: AssemblerSettings) -> LagMonitor:
+    """The lag of the assembler's group on the chunk topic."""
+    from contracts import Topic
+
+    return LagMonitor(
+        settings.kafka_bootstrap,
+        settings.app_id,
+        [str(Topic.CHUNKS)],
+        interval=settings.lag_interval_seconds,
+        client_kwargs=client_kwargs(settings),
+    )
 
 
 def s3_check(settings: AssemblerSettings) -> Check:

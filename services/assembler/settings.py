@@ -95,3 +95,9 @@ class AssemblerSettings(S3Settings):
     max_record_bytes: int = Field(
         8 * 1024 * 1024, description="largest Kafka record fetched or produced"
     )
+    lag_interval_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="seconds between readings of the consumer lag "
+        "(fleetgate_consumer_lag_records), the first one interval after the start",
+    )

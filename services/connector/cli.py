@@ -16,8 +16,9 @@ import structlog
 from contracts import Topic
 from runtime import configure_logging, start_metrics_server, stop_on_signals
 from runtime.cli import add_settings_arguments, settings_from_args
+from runtime.kafka import client_kwargs
 from runtime.lag import LagMonitor, start_lag_monitors
-from runtime.metrics import Readiness, tcp_check
+from runtime.metrics import Readiness, kafka_check
 
 from .config import ConfigError, ConnectorConfig, load_config
 from .consumer import serve
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "connector_action", None) == "replay":
         return _replay(args, settings, config)
     readiness = Readiness("connector")
-    readiness.add("kafka", tcp_check("Kafka", settings.kafka_bootstrap.split(",")))
+    readiness.add("kafka", kafka_check(client_kwargs(settings)))
     start_metrics_server(settings.metrics_host, settings.metrics_port, readiness)
     structlog.get_logger("fleetgate.connector").info(
         "starting",
@@ -125,7 +126,13 @@ def lag_monitors(settings: ConnectorSettings, config: ConnectorConfig) -> list[L
     """One per enabled endpoint: its group on the files topic and the retry tiers."""
     topics = [str(Topic.FILES), *config.retry.topics]
     return [
-        LagMonitor(settings.kafka_bootstrap, f"{settings.connector_group_prefix}-{e.name}", topics)
+        LagMonitor(
+            settings.kafka_bootstrap,
+            f"{settings.connector_group_prefix}-{e.name}",
+            topics,
+            interval=settings.lag_interval_seconds,
+            client_kwargs=client_kwargs(settings),
+        )
         for e in config.enabled
     ]
 

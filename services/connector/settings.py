@@ -52,6 +52,12 @@ class ConnectorSettings(S3Settings):
     shutdown_grace_seconds: float = Field(
         5.0, ge=0, description="on SIGTERM, how long an in-flight POST may still finish"
     )
+    lag_interval_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="seconds between readings of the consumer lag "
+        "(fleetgate_consumer_lag_records), the first one interval after the start",
+    )
 
     @field_validator("s3_public_url")
     @classmethod

@@ -7,7 +7,8 @@ import asyncio
 
 from runtime import configure_logging, start_metrics_server, stop_on_signals
 from runtime.cli import add_settings_arguments, settings_from_args
-from runtime.metrics import Readiness, tcp_check
+from runtime.kafka import client_kwargs
+from runtime.metrics import Readiness, kafka_check
 
 from .protocols import PROTOCOLS
 from .server import serve
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     }
     configure_logging(settings.log_level, settings.log_json)
     readiness = Readiness("ingestor")
-    readiness.add("kafka", tcp_check("Kafka", settings.kafka_bootstrap.split(",")))
+    readiness.add("kafka", kafka_check(client_kwargs(settings)))
     start_metrics_server(settings.metrics_host, settings.metrics_port, readiness)
 
     async def main() -> None:

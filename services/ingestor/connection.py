@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from prometheus_client import Counter
+
 from . import metrics
 from .adapter import Link, PeerError, Session
 from .allowlist import NotAllowed
@@ -40,8 +42,11 @@ class Connection:
     _read_timer: asyncio.Timeout | None = None
     _opened: float = field(default_factory=time.monotonic)
 
+    _received: Counter = field(init=False)
+
     def __post_init__(self) -> None:
         self.session.link.transmit = self._write
+        self._received = metrics.received_bytes.labels(self.session.link.protocol)
 
     @property
     def link(self) -> Link:
@@ -122,6 +127,7 @@ class Connection:
             if not data:
                 await session.receive_eof()
                 return "device closed the connection"
+            self._received.inc(len(data))
             last_data = loop.time()
             await session.receive_data(data, last_data)
             await self._write()

@@ -1,5 +1,6 @@
 """Edge metrics, labelled by ``protocol`` (never by device): connections, refusals, session
-endings, records produced. A protocol's own metrics live in its folder."""
+endings, bytes and records received, records produced. A protocol's own metrics live in its
+folder."""
 
 from __future__ import annotations
 
@@ -32,6 +33,17 @@ connections_refused = Counter(
 sessions_closed = Counter(
     "fleetgate_ingestor_sessions_closed_total", "Sessions ended, by reason", ["protocol", "reason"]
 )
+received_bytes = Counter(
+    "fleetgate_ingestor_received_bytes_total",
+    "Bytes read from device connections, whatever they held",
+    ["protocol"],
+)
+records = Counter(
+    "fleetgate_ingestor_records_total",
+    "Device records received and handed to Kafka (telemetry records; camera files are "
+    "fleetgate_ingestor_files_total)",
+    ["protocol"],
+)
 kafka_records = Counter("fleetgate_ingestor_kafka_records_total", "Records produced", ["topic"])
 kafka_produce_seconds = Histogram(
     "fleetgate_ingestor_kafka_produce_seconds",
@@ -48,6 +60,8 @@ def register(protocol: str, close_reasons: tuple[str, ...] = ()) -> None:
     """Create a protocol's series at zero, so dashboards see them before the first event."""
     connections_open.labels(protocol)
     connections.labels(protocol)
+    received_bytes.labels(protocol)
+    records.labels(protocol)
     for reason in CLOSE_REASONS + close_reasons:
         sessions_closed.labels(protocol, reason)
     for reason in REFUSE_REASONS:

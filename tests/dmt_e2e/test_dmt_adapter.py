@@ -23,6 +23,7 @@ from tests.dmt_e2e.dmt_helpers import (
     running,
     tracker,
 )
+from tests.hostile.hostile_helpers import metric
 
 IMEI = "352093081234567"
 
@@ -39,6 +40,8 @@ async def _upload(wire: Wire) -> int:
 async def test_records_land_with_their_values_and_are_committed(kafka: str) -> None:
     device = tracker(IMEI, records=5)
     sent = list(device.pending)
+    records_before = metric("fleetgate_ingestor_records_total", protocol="dmt")
+    bytes_before = metric("fleetgate_ingestor_received_bytes_total", protocol="dmt")
     async with running(kafka) as (ingestor, _):
         port = ingestor.ports["dmt"]
         wire = await Wire.open(port, device, records_per_message=2)
@@ -46,6 +49,10 @@ async def test_records_land_with_their_values_and_are_committed(kafka: str) -> N
         while not wire.commits:
             await wire.read()
         assert wire.commits[0].ok and device.pending == [] and device.committed == 5
+        # the edge's records counter, labelled by protocol, counts what was committed
+        assert metric("fleetgate_ingestor_records_total", protocol="dmt") == records_before + 5
+        received = metric("fleetgate_ingestor_received_bytes_total", protocol="dmt")
+        assert received - bytes_before > 5 * 20  # HELLO, three messages, the commit request
         await wire.close()
 
         def done(landed: Landed) -> bool:

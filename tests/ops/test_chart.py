@@ -75,6 +75,7 @@ def test_the_ci_values_files_cover_the_variants() -> None:
         "all-features-values",
         "existing-secrets-values",
         "monitoring-values",
+        "camera-only-values",
     }
 
 
@@ -210,18 +211,65 @@ def test_the_ingestor_drains_within_its_grace_period(chart: helm.Chart) -> None:
 def test_devices_reach_every_enabled_protocol_through_a_local_load_balancer(
     chart: helm.Chart,
 ) -> None:
-    documents = render(chart, {"ingestor": {"protocols": {"camera": {"port": 15232}}}})
+    values = {"ingestor": {"protocols": {"camera": {"port": 15232}, "dmt": {"port": 15233}}}}
+    documents = render(chart, values)
     service = by_kind(documents, "Service")["fg-fleetgate-ingestor"]
     assert service["spec"]["type"] == "LoadBalancer"
     assert service["spec"]["externalTrafficPolicy"] == "Local"
     assert service["spec"]["ports"] == [
-        {"name": "camera", "port": 15232, "targetPort": "camera", "protocol": "TCP"}
+        {"name": "camera", "port": 15232, "targetPort": "camera", "protocol": "TCP"},
+        {"name": "dmt", "port": 15233, "targetPort": "dmt", "protocol": "TCP"},
     ]
     ingestor = by_kind(documents, "Deployment")["fg-fleetgate-ingestor"]
-    assert {"name": "camera", "containerPort": 15232, "protocol": "TCP"} in container(ingestor)[
-        "ports"
-    ]
-    assert env_of(ingestor)["FLEETGATE_CAMERA_PORT"] == "15232"
+    ports = container(ingestor)["ports"]
+    assert {"name": "camera", "containerPort": 15232, "protocol": "TCP"} in ports
+    assert {"name": "dmt", "containerPort": 15233, "protocol": "TCP"} in ports
+    env = env_of(ingestor)
+    assert env["FLEETGATE_CAMERA_ENABLED"] == env["FLEETGATE_DMT_ENABLED"] == "true"
+    assert (env["FLEETGATE_CAMERA_PORT"], env["FLEETGATE_DMT_PORT"]) == ("15232", "15233")
+    assert env["FLEETGATE_CAMERA_HOST"] == env["FLEETGATE_DMT_HOST"] == "0.0.0.0"
+
+
+def test_the_default_ports_are_the_services_defaults(chart: helm.Chart) -> None:
+    from ingestor.protocols import PROTOCOLS
+
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["ingestor"]["protocols"]
+    assert set(defaults) == set(PROTOCOLS), "every protocol the ingestor hosts is in the chart"
+    for name, protocol in PROTOCOLS.items():
+        assert defaults[name]["port"] == protocol.settings_class.model_fields["port"].default
+        assert defaults[name]["enabled"] is True
+
+
+def test_a_disabled_protocol_is_neither_served_nor_exposed(chart: helm.Chart) -> None:
+    documents = render(chart, values_of(CHART / "ci" / "camera-only-values.yaml"))
+    service = by_kind(documents, "Service")["fg-fleetgate-ingestor"]
+    assert [p["name"] for p in service["spec"]["ports"]] == ["camera"]
+    ingestor = by_kind(documents, "Deployment")["fg-fleetgate-ingestor"]
+    assert [p["name"] for p in container(ingestor)["ports"]] == ["metrics", "camera"]
+    env = env_of(ingestor)
+    assert env["FLEETGATE_DMT_ENABLED"] == "false"  # the service's default is on
+    assert "FLEETGATE_DMT_PORT" not in env
+    assert env["FLEETGATE_CAMERA_ENABLED"] == "true"
+
+
+@pytest.mark.parametrize(
+    ("protocols", "error"),
+    [
+        (
+            {"camera": {"enabled": False}, "dmt": {"enabled": False}},
+            r"every protocol is disabled",
+        ),
+        ({"dmt": {"port": 5232}}, r"ingestor\.protocols\.(camera|dmt)\.port 5232 is also"),
+        ({"dmt": {"port": 9090}}, r"ingestor\.protocols\.dmt\.port 9090 is also metrics\.port"),
+    ],
+)
+def test_protocol_ports_must_exist_and_differ(
+    chart: helm.Chart, protocols: dict[str, Any], error: str
+) -> None:
+    with pytest.raises(helm.HelmRenderError, match=error):
+        chart.render(values={"ingestor": {"protocols": protocols}}, name="fg")
+    # without the ingestor, its protocols do not matter
+    render(chart, {"ingestor": {"enabled": False, "protocols": protocols}})
 
 
 def test_all_features(chart: helm.Chart) -> None:

@@ -68,6 +68,16 @@ def test_the_stack_holds_what_the_issue_lists() -> None:
     assert {"prometheus", "grafana", "topics", "webhook-sink"} <= set(services)
 
 
+def test_the_ingestor_publishes_the_port_of_every_protocol() -> None:
+    from ingestor.protocols import PROTOCOLS
+
+    ingestor = compose()["services"]["ingestor"]
+    published = {port.split(":")[0] for port in ingestor["ports"]}
+    for name in PROTOCOLS:
+        port = ingestor["environment"][f"FLEETGATE_{name.upper()}_PORT"]
+        assert port in published, f"{name} listens on {port}, not published"
+
+
 def test_every_file_the_stack_mounts_exists() -> None:
     for name, service in compose()["services"].items():
         for volume in service.get("volumes", []):
@@ -150,6 +160,11 @@ def test_the_stack_takes_a_photo_to_a_webhook_with_alerts_and_dashboard(stack: A
         return '"file.stored"' in out
 
     _until(webhook, "a file.stored webhook at the sink")
+    subprocess.run(
+        [sys.executable, "-m", "fleetgate", "simulate", "--protocol", "dmt", "--host", "127.0.0.1",
+         "--port", "5233", "--devices", "1", "--records", "20", "--timeout", "120"],
+        check=True, timeout=180,
+    )  # fmt: skip
     rules = _until(
         lambda: httpx.get("http://127.0.0.1:9090/api/v1/rules").json()["data"]["groups"],
         "Prometheus's rules",

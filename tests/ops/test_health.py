@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from devstack.infra import create_topics, free_port, start_tansu, wait_kafka
-from runtime.metrics import Readiness, start_metrics_server, tcp_check
+from devstack.infra import TANSU_CLIENT_ENV, create_topics, free_port, start_tansu, wait_kafka
+from runtime.metrics import Readiness, kafka_check, start_metrics_server
 from tests.hostile.hostile_helpers import metric
 from tests.ingestor.ingestor_helpers import running, settings
 from tests.ops.ops_helpers import Services, wait_until
@@ -56,20 +59,96 @@ def test_liveness_fails_when_the_heartbeat_stalls() -> None:
     assert not readiness.alive(now=110.5)
 
 
-def test_tcp_check_passes_when_any_address_accepts() -> None:
-    closed = free_port()
+@contextlib.contextmanager
+def _not_kafka(answer: bytes | None) -> Iterator[int]:
+    """A TCP port that accepts connections but is no Kafka: it says nothing (``None``) or
+    answers every connection with ``answer`` and hangs up."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
-        port = listener.getsockname()[1]
-        both = tcp_check("Kafka", [f"127.0.0.1:{closed}", f" 127.0.0.1:{port}"], timeout=1)
-        assert both() is None
-    reason = tcp_check("Kafka", [f"127.0.0.1:{closed}"], timeout=1)()
-    assert reason is not None
-    assert reason.startswith("Kafka unreachable") and f"127.0.0.1:{closed}" in reason
-    assert tcp_check("Kafka", ["no-port"], timeout=1)() == (
-        "Kafka unreachable (no-port ValueError: invalid literal for int() with base 10: 'no-port')"
-    )
+        listener.settimeout(0.1)
+        stop = threading.Event()
+        held: list[socket.socket] = []
+
+        def serve() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                if answer is None:
+                    held.append(conn)  # open and silent
+                else:
+                    with conn:
+                        conn.recv(4096)
+                        conn.sendall(answer)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            yield listener.getsockname()[1]
+        finally:
+            stop.set()
+            thread.join()
+            for conn in held:
+                conn.close()
+
+
+def test_kafka_check_passes_on_a_broker_through_any_bootstrap_address(kafka: str) -> None:
+    closed = free_port()
+    check = kafka_check({"bootstrap_servers": f"127.0.0.1:{closed}, {kafka}"}, timeout=2)
+    assert check() is None
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        (None, "no Kafka answer within 1 s"),  # accepts, says nothing
+        (b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n", "127.0.0.1:"),
+        (b"", "KafkaConnectionError"),  # accepts, hangs up
+    ],
+    ids=["silent", "http", "hangs-up"],
+)
+def test_a_port_that_is_not_kafka_makes_readyz_503(answer: bytes | None, why: str) -> None:
+    readiness = Readiness("test")
+    readiness.started()
+    with _not_kafka(answer) as port:
+        readiness.add("kafka", kafka_check({"bootstrap_servers": f"127.0.0.1:{port}"}, timeout=1))
+        started = time.monotonic()
+        readiness.evaluate()
+        assert time.monotonic() - started < 5  # bounded by the timeout, whatever the peer does
+    served = start_metrics_server("127.0.0.1", free_port(), readiness)
+    assert served is not None
+    response = httpx.get(f"http://127.0.0.1:{served}/readyz")
+    assert response.status_code == 503
+    reason = response.json()["reasons"]["kafka"]
+    assert reason.startswith(f"Kafka unreachable (127.0.0.1:{port}") and why in reason
+
+
+def test_kafka_check_names_each_address_that_failed() -> None:
+    closed = free_port()
+    reason = kafka_check({"bootstrap_servers": f"127.0.0.1:{closed},no-port"}, timeout=1)()
+    assert reason is not None and reason.startswith("Kafka unreachable (")
+    assert f"127.0.0.1:{closed} " in reason
+    assert "no-port ValueError: invalid literal for int() with base 10: 'no-port'" in reason
+    assert kafka_check({"bootstrap_servers": ""})() == "Kafka unreachable (no address)"
+
+
+async def test_kafka_check_does_not_block_the_event_loop() -> None:
+    """Readiness runs the check in a worker thread: the loop keeps ticking meanwhile."""
+    readiness = Readiness("test", interval=60)
+    with _not_kafka(None) as port:
+        readiness.add("kafka", kafka_check({"bootstrap_servers": f"127.0.0.1:{port}"}, timeout=1))
+        watching = asyncio.create_task(readiness.watch())
+        ticks = 0
+        try:
+            while not readiness.reasons().get("kafka"):
+                await asyncio.sleep(0.01)
+                ticks += 1
+                assert ticks < 1000, "the check never finished"
+        finally:
+            watching.cancel()
+    assert ticks >= 50  # about 1 s of the probe's timeout, in 10 ms ticks
 
 
 def test_one_server_serves_metrics_liveness_and_readiness() -> None:
@@ -160,6 +239,9 @@ def test_the_ingestor_process_goes_unready_and_refuses_devices_when_kafka_goes(
             FLEETGATE_KAFKA_BOOTSTRAP=bootstrap,
             FLEETGATE_CAMERA_HOST="127.0.0.1",
             FLEETGATE_CAMERA_PORT=str(camera_port),
+            FLEETGATE_DMT_HOST="127.0.0.1",
+            FLEETGATE_DMT_PORT="0",
+            **TANSU_CLIENT_ENV,  # Tansu has no idempotent producers
         )
         ingestor.wait_ready()
         assert ingestor.status("/healthz") == 200

@@ -57,7 +57,10 @@ async def test_the_monitor_reads_committed_and_end_offsets_from_kafka(kafka: str
             await producer.send_and_wait("lag.test", str(i).encode())  # exact then)
     finally:
         await producer.stop()
-    committer = AIOKafkaConsumer(bootstrap_servers=kafka, group_id="lag-group")
+    # no auto-commit: stopping would commit the position it fetched up to
+    committer = AIOKafkaConsumer(
+        bootstrap_servers=kafka, group_id="lag-group", enable_auto_commit=False
+    )
     await committer.start()
     try:
         committer.assign([TopicPartition("lag.test", 0)])
@@ -102,3 +105,39 @@ async def test_an_unreachable_kafka_counts_errors_and_keeps_trying() -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.parametrize("service", ["assembler", "connector"])
+def test_the_lag_interval_and_kafka_security_are_the_services_settings(
+    service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from assembler.cli import lag_monitor
+    from assembler.settings import AssemblerSettings
+    from connector.cli import lag_monitors
+    from connector.config import parse_config
+    from connector.settings import ConnectorSettings
+
+    monkeypatch.setenv("FLEETGATE_LAG_INTERVAL_SECONDS", "2.5")
+    monkeypatch.setenv("FLEETGATE_KAFKA_BOOTSTRAP", "kafka-0:9093,kafka-1:9093")
+    monkeypatch.setenv("FLEETGATE_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("FLEETGATE_KAFKA_SASL_USERNAME", "fleetgate")
+    monkeypatch.setenv("FLEETGATE_KAFKA_SASL_PASSWORD", "s3cret")
+    if service == "assembler":
+        monitors = [lag_monitor(AssemblerSettings())]
+        assert AssemblerSettings.model_fields["lag_interval_seconds"].default == 15.0
+    else:
+        config = parse_config(
+            "endpoints:\n  - name: a\n    url: https://a.example\n"
+            "  - name: b\n    url: https://b.example\n"
+        )
+        monitors = lag_monitors(ConnectorSettings(), config)
+        assert ConnectorSettings.model_fields["lag_interval_seconds"].default == 15.0
+        assert [m.group for m in monitors] == ["fleetgate-connector-a", "fleetgate-connector-b"]
+    for monitor in monitors:
+        assert monitor.interval == 2.5
+        assert monitor.bootstrap == "kafka-0:9093,kafka-1:9093"
+        assert monitor.client_kwargs["security_protocol"] == "SASL_PLAINTEXT"
+        assert monitor.client_kwargs["sasl_plain_password"] == "s3cret"
+    monkeypatch.setenv("FLEETGATE_LAG_INTERVAL_SECONDS", "0")
+    with pytest.raises(ValueError, match="lag_interval_seconds"):
+        AssemblerSettings() if service == "assembler" else ConnectorSettings()

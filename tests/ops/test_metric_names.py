@@ -81,7 +81,12 @@ def test_every_metric_of_the_dashboard_and_alerts_exists(
     }
     running = [
         services.start(
-            "ingestor", FLEETGATE_CAMERA_HOST="127.0.0.1", FLEETGATE_CAMERA_PORT="0", **common
+            "ingestor",
+            FLEETGATE_CAMERA_HOST="127.0.0.1",
+            FLEETGATE_CAMERA_PORT="0",
+            FLEETGATE_DMT_HOST="127.0.0.1",
+            FLEETGATE_DMT_PORT="0",
+            **common,
         ),
         services.start(
             "assembler",
@@ -117,6 +122,9 @@ def test_every_metric_of_the_dashboard_and_alerts_exists(
         "fleetgate_ingestor_connections_refused_total",
         "fleetgate_ingestor_sessions_closed_total",
         "fleetgate_ingestor_file_bytes_total",
+        "fleetgate_ingestor_received_bytes_total",
+        "fleetgate_ingestor_records_total",
+        "fleetgate_ingestor_dmt_commits_total",
         "fleetgate_ingestor_crc_mismatches_total",
         "fleetgate_ingestor_resumes_total",
         "fleetgate_ingestor_transfer_seconds_bucket",
@@ -139,6 +147,15 @@ def test_every_metric_of_the_dashboard_and_alerts_exists(
         'fleetgate_ingestor_connections_refused_total{protocol="camera",reason="not_ready"} 0.0'
         in ingestor_text.text
     )
+    for protocol in ("camera", "dmt"):  # both hosted, both at zero
+        for name in ("records_total", "received_bytes_total", "connections_open"):
+            assert f'fleetgate_ingestor_{name}{{protocol="{protocol}"}} 0.0' in ingestor_text.text
+    # the dashboard shows Digital Matter
+    dmt = names_in([q for q in dashboard_queries() if "dmt" in q or "records_total" in q])
+    assert {
+        "fleetgate_ingestor_records_total",
+        "fleetgate_ingestor_dmt_commit_seconds_bucket",
+    } <= dmt
     lag_lines = [
         line
         for service in running[1:]

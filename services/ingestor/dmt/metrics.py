@@ -1,12 +1,10 @@
-"""Digital Matter metrics. No per-device labels."""
+"""Digital Matter metrics. No per-device labels. Records received are the edge's
+``fleetgate_ingestor_records_total{protocol="dmt"}``."""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-records = Counter(
-    "fleetgate_ingestor_dmt_records_total", "Digital Matter records received and published"
-)
 commits = Counter(
     "fleetgate_ingestor_dmt_commits_total",
     "Commit requests answered (every record before them acknowledged by Kafka)",

@@ -48,6 +48,7 @@ from dmtproto import (
     SessionClosed,
 )
 
+from .. import metrics as edge_metrics
 from .. import registry
 from ..adapter import Link, PeerError, Session
 from . import metrics
@@ -104,6 +105,7 @@ class DmtSession(Session):
         self._latest_fix: Record | FixedRecord | None = None
         self._detail = "session closed"
         self._opened = time.monotonic()
+        self._records = edge_metrics.records.labels(link.protocol)
 
     # What the edge asks ---------------------------------------------------------------
 
@@ -243,7 +245,7 @@ class DmtSession(Session):
             (_MESSAGE_TYPE, str(int(event.message_type)).encode()),
         ]
         await ledger.publish(Topic.DMT_RAW, self._key, event.raw, headers)
-        metrics.records.inc()
+        self._records.inc()
         if _newer(record, self._latest):
             self._latest = record
         if _has_fix(record) and _newer(record, self._latest_fix):
