@@ -70,10 +70,19 @@ def ensure_free(port: int, what: str) -> None:
             raise PortInUse(f"port {port} for {what} is in use (set another port)") from None
 
 
-#: What the services must be told when their broker is Tansu (it has no idempotent producer):
-#: the one place this workaround lives; whatever runs the services on Tansu adds it to their
-#: environment, and nothing else does.
-TANSU_CLIENT_ENV: dict[str, str] = {"FLEETGATE_KAFKA_ENABLE_IDEMPOTENCE": "false"}
+#: What the services must be told when their broker is Tansu: the one place these workarounds
+#: live; whatever runs the services on Tansu adds them to their environment, and nothing else
+#: does (docs/kafka.md, "What Tansu still cannot do").
+TANSU_CLIENT_ENV: dict[str, str] = {
+    # no idempotent producer
+    "FLEETGATE_KAFKA_ENABLE_IDEMPOTENCE": "false",
+    # a first group join is held for half the session timeout: short group timeouts
+    "FLEETGATE_BROKER_SESSION_TIMEOUT_SECONDS": "6",
+    "FLEETGATE_BROKER_REBALANCE_TIMEOUT_SECONDS": "6",
+    "FLEETGATE_BROKER_HEARTBEAT_INTERVAL_SECONDS": "1",
+    # an empty fetch is held for the whole wait even when records arrive meanwhile
+    "FLEETGATE_KAFKA_FETCH_MAX_WAIT_MS": "100",
+}
 
 
 def tansu_binary() -> Path:

@@ -230,10 +230,6 @@ class Stack:
             "FLEETGATE_CONNECTOR_CONFIG": str(config),
             "FLEETGATE_SPOOL_DIR": str(data / "spool"),
             "FLEETGATE_LOG_LEVEL": s.log_level,
-            # The embedded broker holds a first group join for half the session timeout.
-            "FLEETGATE_BROKER_SESSION_TIMEOUT_SECONDS": "6",
-            "FLEETGATE_BROKER_REBALANCE_TIMEOUT_SECONDS": "6",
-            "FLEETGATE_BROKER_HEARTBEAT_INTERVAL_SECONDS": "1",
         }
         base = s.metrics_base_port  # 0: no /metrics servers
         ports = {name: base + i if base else 0 for i, name in enumerate(SERVICES)}
