@@ -29,6 +29,7 @@ from minio import Minio
 from devstack.infra import (
     DEFAULT_PARTITIONS,
     S3RVER_KEY,
+    TANSU_CLIENT_ENV,
     TopicsNotCreated,
     create_topics,
     start_s3rver,
@@ -208,8 +209,11 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaClu
 
 
 @pytest.fixture
-def tansu(tmp_path: Path) -> Iterator[str]:
-    """Bootstrap address of a fresh Tansu broker with fleetgate's topics created."""
+def tansu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Bootstrap address of a fresh Tansu broker with fleetgate's topics created; settings
+    read from the environment meanwhile get the Tansu workarounds (``TANSU_CLIENT_ENV``)."""
+    for name, value in TANSU_CLIENT_ENV.items():
+        monkeypatch.setenv(name, value)
     broker = start_tansu(log=tmp_path / "tansu.log")
     bootstrap = f"127.0.0.1:{broker.port}"
     try:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "KafkaSettings",
     "client_kwargs",
+    "consumer_kwargs",
     "faust_app",
     "partitions_of",
     "producer_kwargs",
@@ -66,6 +67,11 @@ class KafkaSettings(BaseSettings):
     )
     kafka_enable_idempotence: bool = Field(
         True, description="idempotent producers (turn off only for a broker without them)"
+    )
+    kafka_fetch_max_wait_ms: int = Field(
+        500,
+        description="longest a broker may hold a fetch with no records (Apache Kafka answers "
+        "as soon as records arrive; Tansu holds it whole, so devstack sets 100 for Tansu)",
     )
 
     @model_validator(mode="after")
@@ -121,6 +127,11 @@ def client_kwargs(settings: KafkaSettings) -> dict[str, Any]:
             "sasl_plain_password": settings.kafka_sasl_password.get_secret_value(),
         }
     return kwargs
+
+
+def consumer_kwargs(settings: KafkaSettings) -> dict[str, Any]:
+    """:func:`client_kwargs` plus the consumer's fetch wait as configured."""
+    return client_kwargs(settings) | {"fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms}
 
 
 def producer_kwargs(settings: KafkaSettings) -> dict[str, Any]:

@@ -49,7 +49,7 @@ from contracts import (
     Topic,
     encode,
 )
-from runtime.kafka import client_kwargs, producer_kwargs
+from runtime.kafka import client_kwargs, consumer_kwargs, producer_kwargs
 
 from . import metrics
 from .config import ConnectorConfig, Endpoint
@@ -240,14 +240,13 @@ class EndpointWorker:
         self.backlog = _Backlog(endpoint.name)
         self.group = f"{settings.connector_group_prefix}-{endpoint.name}"
         self.consumer = AIOKafkaConsumer(
-            **client_kwargs(settings),
+            **consumer_kwargs(settings),
             group_id=self.group,
             client_id=f"fleetgate-connector-{endpoint.name}",
             enable_auto_commit=False,
             auto_offset_reset=settings.auto_offset_reset,
             session_timeout_ms=settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
-            fetch_max_wait_ms=100,
         )
         self._stop = asyncio.Event()
         #: One task per partition with records in hand (the partition is paused meanwhile).

@@ -29,7 +29,7 @@ from contracts import (
     Topic,
     encode,
 )
-from runtime.kafka import client_kwargs, partitions_of, producer_kwargs
+from runtime.kafka import consumer_kwargs, partitions_of, producer_kwargs
 
 from .config import ConnectorConfig, Endpoint
 from .delivery import Attempt, EndpointClient, Verdict
@@ -83,11 +83,10 @@ class ReplayReport:
 async def scan(settings: ConnectorSettings, topic: str) -> AsyncIterator[Any]:
     """Every record of ``topic``, partition by partition interleaved, up to its current end."""
     consumer = AIOKafkaConsumer(
-        **client_kwargs(settings),
+        **consumer_kwargs(settings),
         client_id="fleetgate-connector-replay",
         group_id=None,
         enable_auto_commit=False,
-        fetch_max_wait_ms=100,
     )
     await consumer.start()
     try:

@@ -16,11 +16,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from contracts import DEFAULT_RETRY_SCHEDULE, TOPIC_CONFIGS, Topic, retry_topic
+from runtime.kafka import KafkaSettings, client_kwargs
 
 REPO = Path(__file__).resolve().parents[2]
 S3RVER = REPO / "deploy" / "local" / "node_modules" / ".bin" / "s3rver"
@@ -31,9 +32,11 @@ __all__ = [
     "S3RVER_KEY",
     "TANSU_CLIENT_ENV",
     "BrokerStorage",
+    "Brokers",
     "PortInUse",
     "Process",
     "TopicsNotCreated",
+    "client_args",
     "create_topics",
     "ensure_free",
     "free_port",
@@ -67,10 +70,19 @@ def ensure_free(port: int, what: str) -> None:
             raise PortInUse(f"port {port} for {what} is in use (set another port)") from None
 
 
-#: What the services must be told when their broker is Tansu (it has no idempotent producer):
-#: the one place this workaround lives; whatever runs the services on Tansu adds it to their
-#: environment, and nothing else does.
-TANSU_CLIENT_ENV: dict[str, str] = {"FLEETGATE_KAFKA_ENABLE_IDEMPOTENCE": "false"}
+#: What the services must be told when their broker is Tansu: the one place these workarounds
+#: live; whatever runs the services on Tansu adds them to their environment, and nothing else
+#: does (docs/kafka.md, "What Tansu still cannot do").
+TANSU_CLIENT_ENV: dict[str, str] = {
+    # no idempotent producer
+    "FLEETGATE_KAFKA_ENABLE_IDEMPOTENCE": "false",
+    # a first group join is held for half the session timeout: short group timeouts
+    "FLEETGATE_BROKER_SESSION_TIMEOUT_SECONDS": "6",
+    "FLEETGATE_BROKER_REBALANCE_TIMEOUT_SECONDS": "6",
+    "FLEETGATE_BROKER_HEARTBEAT_INTERVAL_SECONDS": "1",
+    # an empty fetch is held for the whole wait even when records arrive meanwhile
+    "FLEETGATE_KAFKA_FETCH_MAX_WAIT_MS": "100",
+}
 
 
 def tansu_binary() -> Path:
@@ -208,18 +220,34 @@ def start_moto(port: int | None = None, log: Path | None = None) -> Process:
     return process
 
 
-async def wait_kafka(bootstrap: str, within: float = 20.0) -> None:
+#: Where Kafka is: a bare bootstrap address (a plaintext broker the project started), or the
+#: shared ``FLEETGATE_KAFKA_*`` settings (an external, perhaps TLS/SASL-secured, cluster).
+Brokers = str | KafkaSettings
+
+
+def client_args(brokers: Brokers) -> dict[str, Any]:
+    """aiokafka client arguments for ``brokers`` (with TLS and SASL when the settings say so)."""
+    if isinstance(brokers, str):
+        return {"bootstrap_servers": brokers}
+    return client_kwargs(brokers)
+
+
+def _address(brokers: Brokers) -> str:
+    return brokers if isinstance(brokers, str) else brokers.kafka_bootstrap
+
+
+async def wait_kafka(brokers: Brokers, within: float = 20.0) -> None:
     """Until the broker answers a metadata request."""
     deadline = time.monotonic() + within
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+        admin = AIOKafkaAdminClient(**client_args(brokers), request_timeout_ms=2000)
         try:
             await admin.start()
             await admin.list_topics()
             return
         except Exception as exc:  # not up yet: any error means "try again"
             if time.monotonic() > deadline:
-                raise TimeoutError(f"Kafka at {bootstrap} not ready: {exc!r}") from exc
+                raise TimeoutError(f"Kafka at {_address(brokers)} not ready: {exc!r}") from exc
             await asyncio.sleep(0.05)
         finally:
             await admin.close()
@@ -251,14 +279,14 @@ DEFAULT_PARTITIONS: dict[str, int] = {
 
 
 async def create_topics(
-    bootstrap: str,
+    brokers: Brokers,
     partitions: Mapping[str, int] | None = None,
     extra: Sequence[str] = (),
     replication: int = 1,
 ) -> None:
     """Create fleetgate's topics (those that exist already are left alone)."""
     wanted = partitions or DEFAULT_PARTITIONS
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**client_args(brokers))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

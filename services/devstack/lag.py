@@ -23,6 +23,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from contracts import Topic
+from runtime.kafka import partitions_of
+
+from .infra import Brokers, client_args
 
 __all__ = ["ASSEMBLER_GROUP", "CONNECTOR_PREFIX", "GroupLag", "LagReader", "describe", "lag_of"]
 
@@ -67,16 +70,16 @@ def describe(lags: Iterable[GroupLag]) -> str:
 class LagReader:
     """Reads the lag of fleetgate's consumer groups (open with :meth:`start`)."""
 
-    def __init__(self, bootstrap: str) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, brokers: Brokers) -> None:
+        self._client = client_args(brokers)  # TLS and SASL as the settings say
         self._admin: AIOKafkaAdminClient | None = None
         self._plain: AIOKafkaConsumer | None = None
         self._groups: dict[str, AIOKafkaConsumer] = {}
 
     async def start(self) -> None:
-        self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        self._admin = AIOKafkaAdminClient(**self._client)
         await self._admin.start()
-        self._plain = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None)
+        self._plain = AIOKafkaConsumer(**self._client, group_id=None)
         await self._plain.start()
 
     async def close(self) -> None:
@@ -90,9 +93,7 @@ class LagReader:
     async def _consumer(self, group: str) -> AIOKafkaConsumer:
         consumer = self._groups.get(group)
         if consumer is None:  # never subscribes: it only reads the group's offsets
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False
-            )
+            consumer = AIOKafkaConsumer(**self._client, group_id=group, enable_auto_commit=False)
             await consumer.start()
             self._groups[group] = consumer
         return consumer
@@ -100,8 +101,8 @@ class LagReader:
     async def _partitions(self, topics: Iterable[str]) -> list[TopicPartition]:
         assert self._plain is not None
         found = []
-        for topic in topics:
-            for partition in sorted(self._plain.partitions_for_topic(topic) or ()):
+        for topic in topics:  # asked of the brokers: see runtime.kafka.partitions_of
+            for partition in sorted(await partitions_of(self._plain, topic)):
                 found.append(TopicPartition(topic, partition))
         return found
 
@@ -110,7 +111,7 @@ class LagReader:
         assert self._plain is not None
         end: dict[TopicPartition, int] = dict(await self._plain.end_offsets(tps))
         probe = AIOKafkaConsumer(  # a fresh one: no position or buffer left from last time
-            bootstrap_servers=self.bootstrap,
+            **self._client,
             group_id=None,
             enable_auto_commit=False,
             max_partition_fetch_bytes=8 * 1024 * 1024,  # the largest record fleetgate writes

@@ -30,6 +30,7 @@ from minio import Minio
 from pydantic import Field
 
 from runtime import CommonSettings, configure_logging
+from runtime.kafka import KafkaSettings
 
 from .infra import (
     S3RVER_KEY,
@@ -137,6 +138,8 @@ class Stack:
         #: webhook sink (if any), ingestor, assembler, connector.
         self.services: dict[str, Supervised] = {}
         self.bootstrap = ""
+        #: How our own clients reach Kafka (set when it is up).
+        self.kafka: KafkaSettings = settings
         self.memory_broker = False
         self.backoff = Backoff(settings.restart_initial_seconds, settings.restart_max_seconds)
 
@@ -190,8 +193,11 @@ class Stack:
             bootstrap = f"127.0.0.1:{broker.port}"
             self.memory_broker = s.broker_storage == "memory"
         self.bootstrap = bootstrap
-        await wait_kafka(bootstrap)
-        await create_topics(bootstrap)
+        # Our own clients (topic creation, the drain's lag reader) connect as the services do:
+        # an external cluster with the FLEETGATE_KAFKA_* TLS/SASL settings they inherit too.
+        self.kafka = s.model_copy(update={"kafka_bootstrap": bootstrap})
+        await wait_kafka(self.kafka)
+        await create_topics(self.kafka)
 
         config = s.connector_config
         sink_out = data / "webhooks.jsonl"
@@ -224,10 +230,6 @@ class Stack:
             "FLEETGATE_CONNECTOR_CONFIG": str(config),
             "FLEETGATE_SPOOL_DIR": str(data / "spool"),
             "FLEETGATE_LOG_LEVEL": s.log_level,
-            # The embedded broker holds a first group join for half the session timeout.
-            "FLEETGATE_BROKER_SESSION_TIMEOUT_SECONDS": "6",
-            "FLEETGATE_BROKER_REBALANCE_TIMEOUT_SECONDS": "6",
-            "FLEETGATE_BROKER_HEARTBEAT_INTERVAL_SECONDS": "1",
         }
         base = s.metrics_base_port  # 0: no /metrics servers
         ports = {name: base + i if base else 0 for i, name in enumerate(SERVICES)}
@@ -320,7 +322,7 @@ class Stack:
 
     async def _drain(self, within: float, hurry: asyncio.Event) -> None:
         """Until every consumer group has caught up with Kafka, or ``within`` s pass."""
-        reader = LagReader(self.bootstrap)
+        reader = LagReader(self.kafka)
         try:
             await reader.start()
             deadline = time.monotonic() + within

@@ -21,7 +21,7 @@ from contracts import Topic
 from contracts.records import DeviceStatus
 from runtime import CommonSettings
 from runtime.cli import add_settings_arguments, settings_from_args
-from runtime.kafka import KafkaSettings, client_kwargs
+from runtime.kafka import KafkaSettings, consumer_kwargs
 
 __all__ = ["add_arguments", "read_registry", "render_table", "run"]
 
@@ -40,11 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 async def read_registry(settings: KafkaSettings) -> tuple[dict[str, DeviceStatus], int]:
     """IMEI -> the device's last status; and how many records did not decode."""
     consumer = AIOKafkaConsumer(
-        **client_kwargs(settings),
+        **consumer_kwargs(settings),
         client_id="fleetgate-devices",
         group_id=None,
         enable_auto_commit=False,
-        fetch_max_wait_ms=100,
     )
     devices: dict[str, DeviceStatus] = {}
     bad = 0

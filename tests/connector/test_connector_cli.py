@@ -260,7 +260,8 @@ def test_sigkill_mid_delivery_loses_nothing_and_replay_sends_it_again(
         done = asyncio.run(committed_offsets(kafka, "fleetgate-connector-killed", Topic.FILES))
         committed = {i for i, (p, o) in where.items() if o < done.get(p, 0)}
         assert committed, "the killed connector committed nothing: this test would show nothing"
-        assert committed <= before_kill
+        # (failed-1 and -2 may be committed too: parked in the retry topic, which delivers them)
+        assert committed <= before_kill | {"failed-1", "failed-2"}
         release.set()
         failing.clear()
         wait_until(lambda: len(hook.attempts("failed-0")) == 1, "the held answer, to nobody")

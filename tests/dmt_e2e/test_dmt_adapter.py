@@ -9,9 +9,11 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from contracts.dmt import DmtClosed, DmtConnected, DmtHello
 from contracts.records import RawHeader
-from devstack.infra import create_topics, start_tansu, wait_kafka
+from devstack.infra import TANSU_CLIENT_ENV, create_topics, start_tansu, wait_kafka
 from dmtproto import MessageType, decode_message_records
 from simulator.dmt import DmtSimulationConfig, simulate_dmt
 from tests.dmt_e2e.dmt_helpers import (
@@ -208,10 +210,12 @@ async def test_imei_not_allowed_is_refused_before_anything_is_published(kafka: s
 
 
 async def test_broker_gone_means_no_commit_and_the_device_keeps_its_records(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A real broker killed mid-session: no commit reply, the session closes, the tracker
     still holds every record."""
+    for name, value in TANSU_CLIENT_ENV.items():  # the services' settings, as on Tansu
+        monkeypatch.setenv(name, value)
     broker = start_tansu(log=tmp_path / "tansu.log")
     bootstrap = f"127.0.0.1:{broker.port}"
     try:

@@ -15,10 +15,14 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from pydantic import ValidationError
 
+from contracts import Topic
+from devstack.infra import create_topics, wait_kafka
+from devstack.lag import ASSEMBLER_GROUP, LagReader
 from ingestor.settings import IngestorSettings
 from ingestor.sink import KafkaSink
 from runtime.kafka import KafkaSettings, client_kwargs, faust_app, producer_kwargs
 from tests.conftest import SASL_USERS, KafkaBroker
+from tests.helpers import eventually_async
 
 USER, PASSWORD = next(iter(SASL_USERS.items()))
 
@@ -135,3 +139,58 @@ def test_settings_check_what_goes_together() -> None:
     assert producer_kwargs(KafkaSettings(kafka_enable_idempotence=False))["enable_idempotence"] is (
         False
     )
+
+
+async def test_devstack_creates_topics_and_reads_lag_over_sasl_ssl(
+    kafka_broker: KafkaBroker, kafka: str
+) -> None:
+    """``fleetgate devstack`` against a secured external cluster: its own clients (readiness,
+    topic creation, the drain's lag reader) connect with the shared settings too."""
+    settings = KafkaSettings(**secure(kafka_broker, kafka_sasl_mechanism="SCRAM-SHA-256"))
+    plain = AIOKafkaAdminClient(bootstrap_servers=kafka)
+    await plain.start()
+    try:  # one of fleetgate's topics gone: create_topics over SASL_SSL puts it back
+        await plain.delete_topics([str(Topic.DEVICES)])
+        await eventually_async(
+            lambda: _missing(plain, Topic.DEVICES), 30, "the devices topic deleted"
+        )
+    finally:
+        await plain.close()
+    await wait_kafka(settings, within=30)
+    await create_topics(settings)
+    assert str(Topic.DEVICES) in await _topics(settings)
+
+    producer = AIOKafkaProducer(**producer_kwargs(settings))
+    await producer.start()
+    try:
+        for n in range(3):
+            await producer.send_and_wait(Topic.CHUNKS, b"chunk", key=b"t%d" % n)
+    finally:
+        await producer.stop()
+    reader = LagReader(settings)
+    await reader.start()
+    try:
+        lags = await reader.lags()
+    finally:
+        await reader.close()
+    assert [(lag.group, lag.records) for lag in lags] == [(ASSEMBLER_GROUP, 3)]
+
+
+async def _topics(settings: KafkaSettings) -> set[str]:
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def _missing(admin: AIOKafkaAdminClient, topic: str) -> bool:
+    return topic not in await admin.list_topics()
+
+
+async def test_devstack_refuses_a_secured_broker_without_credentials(
+    kafka_broker: KafkaBroker,
+) -> None:
+    with pytest.raises(TimeoutError, match="not ready"):
+        await wait_kafka(kafka_broker.sasl_bootstrap, within=2)

@@ -1,16 +1,19 @@
 """fleetgate's topics on a real Apache Kafka: created with their contract configuration, and the
-compacted progress topic really compacted (Tansu accepts the setting but never compacts)."""
+compacted topics (transfer progress, device registry) really compacted (Tansu accepts the setting
+but never compacts)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from contracts import TOPIC_CONFIGS, Topic
+from devstack.infra import DEFAULT_PARTITIONS
 
 KEYS = 20
 ROUNDS = 40
@@ -30,6 +33,7 @@ async def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
 
 
 async def test_compacted_topics_are_created_compacted(kafka: str) -> None:
+    assert {Topic.PROGRESS, Topic.DEVICES} <= set(TOPIC_CONFIGS)
     for topic, wanted in TOPIC_CONFIGS.items():
         config = await topic_config(kafka, topic)
         assert {k: config[k] for k in wanted} == wanted, topic
@@ -40,7 +44,7 @@ async def read_all(bootstrap: str, topic: str) -> list[tuple[bytes, bytes]]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in range(8)]
+        tps = [TopicPartition(topic, p) for p in range(DEFAULT_PARTITIONS[topic])]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
@@ -53,9 +57,13 @@ async def read_all(bootstrap: str, topic: str) -> list[tuple[bytes, bytes]]:
         await consumer.stop()
 
 
-async def test_progress_topic_stays_bounded_by_compaction(kafka: str) -> None:
-    """40 updates of each of 20 transfers; compaction leaves about one record per transfer.
-    (Segments roll every 100 ms here so the cleaner has closed segments to work on.)"""
+@pytest.mark.parametrize(
+    ("topic", "key"), [(Topic.PROGRESS, b"transfer-%d"), (Topic.DEVICES, b"35000000000%04d")]
+)
+async def test_compacted_topic_stays_bounded(kafka: str, topic: Topic, key: bytes) -> None:
+    """40 updates of each of 20 keys (transfers; devices by IMEI); compaction leaves about one
+    record per key. (Segments roll every 100 ms here so the cleaner has closed segments to work
+    on.)"""
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
     await admin.start()
     try:
@@ -63,8 +71,8 @@ async def test_progress_topic_stays_bounded_by_compaction(kafka: str) -> None:
             [
                 ConfigResource(
                     ConfigResourceType.TOPIC,
-                    Topic.PROGRESS,
-                    configs=TOPIC_CONFIGS[Topic.PROGRESS]
+                    topic,
+                    configs=TOPIC_CONFIGS[topic]
                     | {"segment.ms": "100", "min.cleanable.dirty.ratio": "0.01"},
                 )
             ]
@@ -75,24 +83,24 @@ async def test_progress_topic_stays_bounded_by_compaction(kafka: str) -> None:
     await producer.start()
     try:
         for round_ in range(ROUNDS):
-            for key in range(KEYS):
-                await producer.send(Topic.PROGRESS, b"%d" % round_, key=b"transfer-%d" % key)
+            for n in range(KEYS):
+                await producer.send(topic, b"%d" % round_, key=key % n)
             await producer.flush()
             await asyncio.sleep(0.03)
         await asyncio.sleep(0.15)  # one more record after segment.ms rolls the last segment
-        await producer.send_and_wait(Topic.PROGRESS, b"last", key=b"roller")
+        await producer.send_and_wait(topic, b"last", key=b"roller")
     finally:
         await producer.stop()
     written = KEYS * ROUNDS + 1
     started = time.monotonic()
     while True:
-        records = await read_all(kafka, Topic.PROGRESS)
+        records = await read_all(kafka, topic)
         if len(records) <= 3 * KEYS or time.monotonic() - started > 60:
             break
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.2)
     compacted_in = time.monotonic() - started
-    print(f"\nprogress topic: {written} records written, {len(records)} kept after compaction "
+    print(f"\n{topic}: {written} records written, {len(records)} kept after compaction "
           f"({compacted_in:.1f} s)")  # fmt: skip
     latest = dict(records)
     assert len(records) <= 3 * KEYS < written  # bounded: about one record per key
-    assert all(latest[b"transfer-%d" % k] == b"%d" % (ROUNDS - 1) for k in range(KEYS))
+    assert all(latest[key % n] == b"%d" % (ROUNDS - 1) for n in range(KEYS))

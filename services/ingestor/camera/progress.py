@@ -35,7 +35,7 @@ from pydantic import ValidationError
 
 import contracts
 from contracts import Topic, TransferProgress
-from runtime.kafka import client_kwargs, partitions_of
+from runtime.kafka import consumer_kwargs, partitions_of
 
 from .. import metrics as edge_metrics
 from ..settings import IngestorSettings
@@ -239,15 +239,12 @@ class ProgressReader:
         self.book = book
         self.records = 0
         self.consumer = AIOKafkaConsumer(
-            **client_kwargs(settings),
+            **consumer_kwargs(settings),
             client_id=f"fleetgate-ingestor-{settings.instance}-progress",
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             request_timeout_ms=settings.kafka_request_timeout_ms,
-            # A broker may hold an empty fetch this long even when records arrive meanwhile
-            # (Tansu does): it bounds how far behind the others' progress this reader lags.
-            fetch_max_wait_ms=100,
         )
         self._assigned: set[TopicPartition] = set()
         self._started = False
