@@ -122,7 +122,8 @@ def devstack(tmp_path: Path, connector_config: Path, kafka: str | None = None) -
         for line in process.stdout:
             output.append(line)
 
-    threading.Thread(target=pump, daemon=True).start()
+    pumper = threading.Thread(target=pump, daemon=True)
+    pumper.start()
     stack = Stack(process, ports["camera"], f"127.0.0.1:{ports['s3']}", tmp_path / "data", output)
     stack.kafka_bootstrap = f"127.0.0.1:{ports['kafka']}"
     stack.dmt_port = ports["dmt"]
@@ -134,13 +135,16 @@ def devstack(tmp_path: Path, connector_config: Path, kafka: str | None = None) -
             time.sleep(0.05)
         yield stack
     finally:
-        process.terminate()
+        process.terminate()  # an ordered stop: it waits for the consumers to catch up
         try:
             process.wait(60)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
+            # A second SIGTERM stops it without waiting, children included. SIGKILL would
+            # leave them running, holding our pipe open (the reader thread would never end).
+            process.terminate()
+            process.wait(60)
+        pumper.join(10)  # EOF once every child is gone; closing under a reading thread races
+        if process.stdout is not None and not pumper.is_alive():
             process.stdout.close()
 
 

@@ -138,10 +138,12 @@ async def test_ten_thousand_idle_connections_are_closed_and_memory_stays_bounded
     idle_events = [e for e in sessions.of_type(wire.Closed) if e.reason == reason]
     assert len(idle_events) == IDLE and not any(e.clean for e in idle_events)
     assert all(e.imei is None and e.bytes_received == 0 for e in idle_events)
-    # each closed on time: a session lasts init_timeout plus what closing takes
+    # each closed on time: a session lasts init_timeout plus what closing takes, which includes
+    # publishing its `closed` event with acks=all; 10,000 at once on a real broker took 4.3 s
+    # on a quiet 2-core machine (1-2 s on the in-memory Tansu this bound was first set on)
     durations = sorted(e.duration_seconds for e in idle_events)
     late = durations[-1] - INIT_TIMEOUT
-    assert durations[0] >= INIT_TIMEOUT and late < 3, (durations[0], durations[-1])
+    assert durations[0] >= INIT_TIMEOUT and late < 8, (durations[0], durations[-1])
 
     growth = peak - rss_before
     figures = (
