@@ -20,6 +20,7 @@ from dmtproto import (
     RemoteProtocolError,
     ServerConnection,
 )
+from simulator import cli as simulate_cli
 from simulator import dmt_cli
 from simulator.dmt import DmtSimulationConfig, simulate_dmt
 
@@ -150,18 +151,19 @@ def test_config_is_checked() -> None:
 
 
 def parse(*argv: str) -> argparse.Namespace:
+    """``fleetgate simulate --protocol dmt`` with ``argv``."""
     parser = argparse.ArgumentParser()
-    dmt_cli.add_arguments(parser)
-    return parser.parse_args(argv)
+    simulate_cli.add_arguments(parser)
+    return parser.parse_args(["--protocol", "dmt", *argv])
 
 
 def test_arguments_make_the_config() -> None:
     args = parse(
         "--port", "5999", "--devices", "3", "--records", "7", "--rate", "2.5",
         "--records-per-commit", "5", "--disconnect-before-commit", "1", "--garbage",
-        "--slow", "4000", "--no-async-session", "--timeout-seconds", "9",
+        "--slow", "4000", "--no-async-session", "--timeout", "9",
     )  # fmt: skip
-    config = dmt_cli.config_from_args(args)
+    config = simulate_cli.dmt_config_from_args(args)
     assert (config.port, config.devices, config.records, config.rate) == (5999, 3, 7, 2.5)
     assert config.records_per_commit == 5 and config.disconnect_before_commit == 1
     assert config.garbage and config.link_bytes_per_second == 4000
@@ -169,7 +171,7 @@ def test_arguments_make_the_config() -> None:
 
 
 def test_bad_settings_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert dmt_cli.run(parse("--port", "5999", "--devices", "0")) == 2
+    assert simulate_cli.run(parse("--port", "5999", "--devices", "0")) == 2
     assert "at least one device" in capsys.readouterr().err
 
 
