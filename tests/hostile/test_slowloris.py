@@ -37,6 +37,10 @@ from tests.ingestor.ingestor_helpers import running, settings
 IDLE = 10_000
 #: Long enough for all of them to be open at once (a 2-vCPU box accepts ~2,000-2,400 a second).
 INIT_TIMEOUT = 8.0
+# How late the last of 10,000 idle sessions may close: each publishes its `closed` event with
+# acks=all to a real broker first; 4.3 s on a quiet 2-core machine, 4.6 s more seen by the
+# client under CI load (1-2 s on the in-memory Tansu the bound was first set on).
+CLOSING_SLACK = 10.0
 SCRIPT = Path(__file__).with_name("idle_clients.py")
 
 
@@ -112,7 +116,8 @@ async def test_ten_thousand_idle_connections_are_closed_and_memory_stays_bounded
             assert closed["received"] == {CLOSE.hex(): IDLE}, closed
             # (the client's clock starts a little after `started`)
             assert closed["first_close"] >= INIT_TIMEOUT * 0.9, closed
-            assert closed["last_close"] < all_open + INIT_TIMEOUT + 3, (closed, all_open)
+            last_allowed = all_open + INIT_TIMEOUT + CLOSING_SLACK
+            assert closed["last_close"] < last_allowed, (closed, all_open)
             await wait_for(lambda: not ingestor.sessions, 10, "every session finished")
             gc.collect()
             rss_after = rss_bytes()
@@ -138,12 +143,10 @@ async def test_ten_thousand_idle_connections_are_closed_and_memory_stays_bounded
     idle_events = [e for e in sessions.of_type(wire.Closed) if e.reason == reason]
     assert len(idle_events) == IDLE and not any(e.clean for e in idle_events)
     assert all(e.imei is None and e.bytes_received == 0 for e in idle_events)
-    # each closed on time: a session lasts init_timeout plus what closing takes, which includes
-    # publishing its `closed` event with acks=all; 10,000 at once on a real broker took 4.3 s
-    # on a quiet 2-core machine (1-2 s on the in-memory Tansu this bound was first set on)
+    # each closed on time: a session lasts init_timeout plus what closing takes (CLOSING_SLACK)
     durations = sorted(e.duration_seconds for e in idle_events)
     late = durations[-1] - INIT_TIMEOUT
-    assert durations[0] >= INIT_TIMEOUT and late < 8, (durations[0], durations[-1])
+    assert durations[0] >= INIT_TIMEOUT and late < CLOSING_SLACK, (durations[0], durations[-1])
 
     growth = peak - rss_before
     figures = (

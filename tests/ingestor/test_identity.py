@@ -97,10 +97,15 @@ async def test_files_of_one_identity_are_each_stored(tmp_path: Path, chained: bo
     figure("after half", chained=chained, second_resumes=h2.resumed, sent=h2.sent)
     figure("same file resumed", chained=chained, resumes=again.resumed)
 
-    # One after the other: the last packet asked (twice when a chained CRC refused it
-    # once), then byte 0 on the same connection; both stored.
+    # One after the other: a point in the first file asked (twice when a chained CRC refused
+    # it once), then byte 0 on the same connection; both stored. The point is the last packet
+    # once the first file's final progress record is acknowledged; progress is published
+    # after the device is told "done", so on a loaded machine it can be an earlier packet.
     assert a1.accepted == a2.accepted == [FIRST.file]
-    assert a2.resumed == [LAST] * (2 if chained else 1) + [0] and a2.connections == 1
+    *asked, restart = a2.resumed
+    assert restart == 0 and a2.connections == 1, a2.resumed
+    assert len(asked) == (2 if chained else 1), a2.resumed
+    assert all(0 < at <= LAST and at % DATA_CHUNK == 0 for at in asked), a2.resumed
     assert sorted(stored[after]) == two
     # At once: two transfers, each from byte 0, both stored.
     assert [h.resumed for h in both] == [[0], [0]] and all(h.accepted for h in both)
