@@ -47,12 +47,14 @@ records = Counter(
 kafka_records = Counter("fleetgate_ingestor_kafka_records_total", "Records produced", ["topic"])
 kafka_produce_seconds = Histogram(
     "fleetgate_ingestor_kafka_produce_seconds",
-    "From handing a record to the producer to Kafka acknowledging it (acks=all)",
+    "From a session handing a record to the producer to Kafka acknowledging it (acks=all)",
+    ["protocol"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 kafka_errors = Counter(
     "fleetgate_ingestor_kafka_errors_total",
-    "Records Kafka did not acknowledge (timed out or refused)",
+    "Records Kafka did not take or did not acknowledge (timed out or refused)",
+    ["protocol"],
 )
 
 
@@ -62,6 +64,8 @@ def register(protocol: str, close_reasons: tuple[str, ...] = ()) -> None:
     connections.labels(protocol)
     received_bytes.labels(protocol)
     records.labels(protocol)
+    kafka_produce_seconds.labels(protocol)
+    kafka_errors.labels(protocol)
     for reason in CLOSE_REASONS + close_reasons:
         sessions_closed.labels(protocol, reason)
     for reason in REFUSE_REASONS:

@@ -154,6 +154,7 @@ class Ingestor:
                     self.sink,
                     self.settings.ack_timeout_seconds,
                     self.settings.enqueue_timeout_seconds,
+                    protocol=name,
                 ),
                 log=_log,
             )

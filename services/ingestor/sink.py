@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
@@ -110,16 +111,13 @@ class KafkaSink:
     ) -> asyncio.Future[Any]:
         if queued <= self._failed_at:  # waited behind a record the producer never took
             raise KafkaFailed(f"producer stalled: {self._failure!r}")
-        started = time.monotonic()
         try:
             future: asyncio.Future[Any] = await self.producer.send(
                 str(topic), value=value, key=key, headers=headers
             )
         except Exception as exc:  # no room for request_timeout, or refused
             self._failed_at, self._failure = asyncio.get_running_loop().time(), exc
-            metrics.kafka_errors.inc()
             raise
-        future.add_done_callback(lambda done: _observe_produce(started, done))
         return future
 
     def _next(self, lane: _Lane) -> None:
@@ -151,19 +149,28 @@ class KafkaSink:
             lane.busy = False
 
 
-def _observe_produce(started: float, future: asyncio.Future[Any]) -> None:
-    """Kafka produce latency (enqueue to acknowledgement) and failures."""
+def _observe_produce(protocol: str, started: float, future: asyncio.Future[Any]) -> None:
+    """Kafka produce latency (handed to the sink to acknowledgement) and failures."""
     if future.cancelled() or future.exception() is not None:
-        metrics.kafka_errors.inc()
+        metrics.kafka_errors.labels(protocol).inc()
     else:
-        metrics.kafka_produce_seconds.observe(time.monotonic() - started)
+        metrics.kafka_produce_seconds.labels(protocol).observe(time.monotonic() - started)
 
 
 class Ledger:
     """One session's records not yet acknowledged, oldest first, and their bytes."""
 
-    def __init__(self, sink: Sink, timeout: float, enqueue_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        timeout: float,
+        enqueue_timeout: float | None = None,
+        *,
+        protocol: str = "unknown",
+    ) -> None:
         self.sink = sink
+        #: The session's protocol: the ``protocol`` label of the Kafka produce metrics.
+        self.protocol = protocol
         self.timeout = timeout
         #: Longest wait for room in the producer (a burst queues sessions behind each
         #: other; a stalled producer fails them sooner, see :class:`KafkaSink`).
@@ -178,13 +185,16 @@ class Ledger:
         """Hand one record to the producer; the future resolves once Kafka acknowledged it.
         :class:`KafkaFailed` if the producer refuses it, stalls, or has no room for
         ``enqueue_timeout``."""
+        started = time.monotonic()
         try:
             # Enqueueing waits while the producer is full (backpressure: bounded, in turn)
             # or has no metadata (broker unreachable); the latter must not hang the session.
             async with asyncio.timeout(self.enqueue_timeout):
                 future = await self.sink.send(topic, key, value, headers or [])
         except Exception as exc:  # refused outright, or no room for `timeout` seconds
+            metrics.kafka_errors.labels(self.protocol).inc()
             raise KafkaFailed(f"cannot enqueue to {topic}: {exc!r}") from exc
+        future.add_done_callback(partial(_observe_produce, self.protocol, started))
         metrics.kafka_records.labels(str(topic)).inc()
         self._pending.append((future, len(value)))
         self.pending_bytes += len(value)

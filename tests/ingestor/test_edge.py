@@ -138,6 +138,7 @@ async def _line(reader: asyncio.StreamReader) -> bytes:
 async def test_commit_is_answered_only_after_kafka_acknowledged() -> None:
     sink = HeldSink()
     ingestor, _ = toy(sink)
+    produced = metric("fleetgate_ingestor_kafka_produce_seconds_count", protocol="toy")
     await ingestor.start()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", ingestor.ports["toy"])
@@ -154,6 +155,10 @@ async def test_commit_is_answered_only_after_kafka_acknowledged() -> None:
     finally:
         await ingestor.stop()
     assert metric("fleetgate_ingestor_sessions_closed_total", protocol="toy", reason="clean") >= 1
+    # both acknowledgements timed under the session's protocol, held at least 0.3 s
+    count = metric("fleetgate_ingestor_kafka_produce_seconds_count", protocol="toy")
+    assert count == produced + 2
+    assert metric("fleetgate_ingestor_kafka_produce_seconds_sum", protocol="toy") >= 0.6
 
 
 async def test_edge_closes_with_its_reasons_for_any_protocol() -> None:
@@ -224,6 +229,7 @@ async def test_a_failed_record_closes_the_session_with_kafka_error() -> None:
         before = metric(
             "fleetgate_ingestor_sessions_closed_total", protocol="toy", reason="kafka_error"
         )
+        errors = metric("fleetgate_ingestor_kafka_errors_total", protocol="toy")
         sink.futures[0].set_exception(RuntimeError("NOT_ENOUGH_REPLICAS"))
         assert await _line(reader) == b""  # never "OK": the device sends it again later
         writer.close()
@@ -231,6 +237,7 @@ async def test_a_failed_record_closes_the_session_with_kafka_error() -> None:
         await ingestor.stop()
     after = metric("fleetgate_ingestor_sessions_closed_total", protocol="toy", reason="kafka_error")
     assert after == before + 1
+    assert metric("fleetgate_ingestor_kafka_errors_total", protocol="toy") == errors + 1
 
 
 async def test_two_protocols_side_by_side(kafka: str) -> None:

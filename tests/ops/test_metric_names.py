@@ -148,8 +148,21 @@ def test_every_metric_of_the_dashboard_and_alerts_exists(
         in ingestor_text.text
     )
     for protocol in ("camera", "dmt"):  # both hosted, both at zero
-        for name in ("records_total", "received_bytes_total", "connections_open"):
+        for name in (
+            "records_total",
+            "received_bytes_total",
+            "connections_open",
+            "kafka_errors_total",
+            "kafka_produce_seconds_count",
+        ):
             assert f'fleetgate_ingestor_{name}{{protocol="{protocol}"}} 0.0' in ingestor_text.text
+    # the camera's own edge metrics say their protocol too
+    for name in ("crc_mismatches_total", "transfer_seconds_count", "durable_seconds_count"):
+        assert f'fleetgate_ingestor_{name}{{protocol="camera"}} 0.0' in ingestor_text.text
+    assert (
+        'fleetgate_ingestor_resumes_total{protocol="camera",result="differs"} 0.0'
+        in ingestor_text.text
+    )
     # the dashboard shows Digital Matter
     dmt = names_in([q for q in dashboard_queries() if "dmt" in q or "records_total" in q])
     assert {

@@ -1,22 +1,31 @@
-"""Camera metrics. No per-device labels: results and cameras are small fixed sets."""
+"""Camera metrics. No per-device labels: results and cameras are small fixed sets. The edge's
+metrics are labelled by ``protocol``; so are the camera's that a dashboard sets beside other
+protocols' (CRC errors, resumes, transfer and durability times)."""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+#: This protocol's ``protocol`` label value (its name in the edge's registration table).
+PROTOCOL = "camera"
+
 file_bytes = Counter("fleetgate_ingestor_file_bytes_total", "File bytes received with a good CRC")
 files = Counter(
     "fleetgate_ingestor_files_total", "Files received whole and durable in Kafka", ["camera"]
 )
-crc_mismatches = Counter("fleetgate_ingestor_crc_mismatches_total", "DATA packets with a bad CRC")
+crc_mismatches = Counter(
+    "fleetgate_ingestor_crc_mismatches_total", "DATA packets with a bad CRC", ["protocol"]
+)
 durable_seconds = Histogram(
     "fleetgate_ingestor_durable_seconds",
     "From a file's last byte to Kafka acknowledging all of it",
+    ["protocol"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 transfer_seconds = Histogram(
     "fleetgate_ingestor_transfer_seconds",
     "From START to the file being durable",
+    ["protocol"],
     buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
 )
 
@@ -25,7 +34,7 @@ resumes = Counter(
     "Transfers resumed from the progress topic: resumed (from the durable offset), complete "
     "(done already, only the last packet resent), lost (the chunk log was reset: restarted), "
     "differs (the device's bytes were another file's: started over under a new id)",
-    ["result"],
+    ["protocol", "result"],
 )
 resumed_bytes = Counter(
     "fleetgate_ingestor_resumed_bytes_total", "File bytes devices did not resend thanks to resumes"
@@ -43,8 +52,11 @@ refused = Counter(
     ["camera"],
 )
 
+crc_mismatches.labels(PROTOCOL)
+durable_seconds.labels(PROTOCOL)
+transfer_seconds.labels(PROTOCOL)
 for _result in ("resumed", "complete", "lost", "differs"):
-    resumes.labels(_result)
+    resumes.labels(PROTOCOL, _result)
 for _camera in ("dualcam", "dsm", "adas", "dashcam", "unknown"):
     files.labels(_camera)
     refused.labels(_camera)

@@ -28,7 +28,7 @@ class CameraProtocol(Protocol):
     :class:`Claims` that keep two sessions from writing one transfer.
     """
 
-    name: ClassVar[str] = "camera"
+    name: ClassVar[str] = metrics.PROTOCOL
     hello: ClassVar[str] = "INIT"
     close_reasons: ClassVar[tuple[str, ...]] = (
         "resume_reset",

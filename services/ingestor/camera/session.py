@@ -365,7 +365,7 @@ class CameraSession(Session):
         if entry is not None and entry.complete:
             # Stored already; the device never heard REPEAT INIT. Take the resent tail,
             # confirm, publish nothing (no record, so no second file downstream).
-            metrics.resumes.labels("complete").inc()
+            metrics.resumes.labels(metrics.PROTOCOL, "complete").inc()
             origin, partition = entry.origin, entry.partition
         else:
             # The RESUME that asks for the data goes out now: its interval runs from here,
@@ -379,7 +379,7 @@ class CameraSession(Session):
                 if partition != entry.partition or origin <= before:
                     # The chunk log restarted below the transfer's first start record (a
                     # broker that lost its data): nothing there to resume from.
-                    metrics.resumes.labels("lost").inc()
+                    metrics.resumes.labels(metrics.PROTOCOL, "lost").inc()
                     self.link.log.warning(
                         "resume_point_lost",
                         origin=entry.origin,
@@ -396,7 +396,7 @@ class CameraSession(Session):
                         f"{entry.partition}/{before}); the device will restart it"
                     )
                     return
-                metrics.resumes.labels("resumed").inc()
+                metrics.resumes.labels(metrics.PROTOCOL, "resumed").inc()
                 metrics.resumed_bytes.inc(event.resume_offset)
                 origin = entry.origin  # chunk records point back at the first start
         resumed_crc = point.crc if entry is not None else 0
@@ -432,7 +432,7 @@ class CameraSession(Session):
         transfer = self._transfer
         assert transfer is not None
         await self._flush_record()
-        metrics.resumes.labels("differs").inc()
+        metrics.resumes.labels(metrics.PROTOCOL, "differs").inc()
         decision = self._policy.restarted(transfer.decision)
         self.link.log.warning(
             "transfer_restarted",
@@ -638,7 +638,7 @@ class CameraSession(Session):
         )
 
     async def _on_crc_mismatch(self, event: CrcMismatch) -> None:
-        metrics.crc_mismatches.inc()
+        metrics.crc_mismatches.labels(metrics.PROTOCOL).inc()
         transfer = self._transfer
         assert transfer is not None
         transfer.crc_mismatches += 1
@@ -682,8 +682,8 @@ class CameraSession(Session):
         self._conn.confirm_file()
         await self._write()
         elapsed = time.monotonic() - transfer.started
-        metrics.durable_seconds.observe(durable)
-        metrics.transfer_seconds.observe(elapsed)
+        metrics.durable_seconds.labels(metrics.PROTOCOL).observe(durable)
+        metrics.transfer_seconds.labels(metrics.PROTOCOL).observe(elapsed)
         metrics.files.labels(transfer.file.camera.value).inc()
         self.link.log.info(
             "transfer",
