@@ -27,7 +27,15 @@ from runtime.kafka import partitions_of
 
 from .infra import Brokers, client_args
 
-__all__ = ["ASSEMBLER_GROUP", "CONNECTOR_PREFIX", "GroupLag", "LagReader", "describe", "lag_of"]
+__all__ = [
+    "ASSEMBLER_GROUP",
+    "CONNECTOR_PREFIX",
+    "GroupLag",
+    "LagReader",
+    "StallWatch",
+    "describe",
+    "lag_of",
+]
 
 ASSEMBLER_GROUP = "fleetgate-assembler"
 CONNECTOR_PREFIX = "fleetgate-connector-"
@@ -56,6 +64,27 @@ def lag_of(
         start = beginning.get(tp, 0) if done is None else done
         total += max(0, last - start)
     return total
+
+
+class StallWatch:
+    """Whether the consumers stopped making progress: the same lag for ``seconds``.
+
+    A stop waits for lag 0, but records can stay uncommitted for good (the chunks of a
+    transfer the ingestor cut short wait for the device to resume it); waiting for them
+    would only run the clock out. Time is passed in.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._seen: tuple[GroupLag, ...] | None = None
+        self._since = 0.0
+
+    def stalled(self, lags: Iterable[GroupLag], now: float) -> bool:
+        current = tuple(lags)
+        if current != self._seen:
+            self._seen, self._since = current, now
+            return False
+        return now - self._since >= self.seconds
 
 
 def describe(lags: Iterable[GroupLag]) -> str:

@@ -45,7 +45,7 @@ from .infra import (
     wait_kafka,
 )
 from .kafka import start_kafka
-from .lag import LagReader, describe
+from .lag import LagReader, StallWatch, describe
 from .supervisor import Backoff, Supervised
 
 
@@ -87,6 +87,13 @@ class DevstackSettings(CommonSettings):
         ge=0,
         description="on stop, seconds the assembler and connector get to finish what Kafka "
         "holds once the ingestor is gone (what is left is printed)",
+    )
+    stop_stall_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="on stop, the wait for the assembler and connector ends early once their "
+        "lag has not moved for this long (chunks of transfers the ingestor cut short are "
+        "never done until their device comes back)",
     )
 
 
@@ -299,7 +306,7 @@ class Stack:
             ingestor.stopping = True
             await self._stop_service(ingestor, s.ingestor_stop_seconds, hurry)
         if self.bootstrap and not hurry.is_set() and self.dead_infra() is None:
-            await self._drain(s.stop_drain_seconds, hurry)
+            await self._drain(s.stop_drain_seconds, s.stop_stall_seconds, hurry)
         for name in ("assembler", "connector", "webhook-sink"):
             service = self.services.get(name)
             if service is not None:
@@ -320,13 +327,15 @@ class Stack:
         await self._while(done, within)
         await _terminate(process, 0.0 if hurry.is_set() else 2.0)
 
-    async def _drain(self, within: float, hurry: asyncio.Event) -> None:
-        """Until every consumer group has caught up with Kafka, or ``within`` s pass."""
+    async def _drain(self, within: float, stall: float, hurry: asyncio.Event) -> None:
+        """Until every consumer group has caught up with Kafka, its lag has not moved for
+        ``stall`` s, or ``within`` s pass."""
         reader = LagReader(self.kafka)
         try:
             await reader.start()
             deadline = time.monotonic() + within
             said = 0.0
+            watch = StallWatch(stall)
             while True:
                 lags = await reader.lags()
                 left = [lag for lag in lags if lag.records]
@@ -334,6 +343,12 @@ class Stack:
                     _say("the assembler and the connector have finished what Kafka holds")
                     return
                 now = time.monotonic()
+                if watch.stalled(left, now):
+                    _say(
+                        f"no progress for {stall:g} s; stopping with {describe(left)} left "
+                        "(chunks of transfers cut short wait for their device to resume)"
+                    )
+                    return
                 if hurry.is_set() or now >= deadline:
                     where = (
                         "it is lost with the in-memory broker"

@@ -8,7 +8,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from devstack.infra import Process
-from devstack.lag import GroupLag, describe, lag_of
+from devstack.lag import GroupLag, StallWatch, describe, lag_of
 from devstack.supervisor import Backoff, Supervised, restart_delay
 
 
@@ -71,3 +71,19 @@ def test_lag_counts_from_the_committed_offset_or_the_log_start() -> None:
     lags = [GroupLag("fleetgate-assembler", 3), GroupLag("fleetgate-connector-sink", 1)]
     assert describe(lags) == ("assembler 3 records, connector (fleetgate-connector-sink) 1 records")
     assert describe([]) == "nothing"
+
+
+def test_a_stop_gives_up_waiting_once_the_lag_stops_moving() -> None:
+    watch = StallWatch(10.0)
+    assembler = GroupLag("fleetgate-assembler", 7)
+    # (now, lag) -> stalled?
+    steps = [
+        (0.0, [assembler], False),  # first look
+        (6.0, [GroupLag("fleetgate-assembler", 5)], False),  # moved: the clock restarts
+        (15.9, [GroupLag("fleetgate-assembler", 5)], False),
+        (16.0, [GroupLag("fleetgate-assembler", 5)], True),  # 10 s without a change
+        (17.0, [GroupLag("fleetgate-assembler", 5), GroupLag("fleetgate-connector-a", 1)], False),
+        (27.0, [GroupLag("fleetgate-assembler", 5), GroupLag("fleetgate-connector-a", 1)], True),
+    ]
+    for now, lags, stalled in steps:
+        assert watch.stalled(lags, now) is stalled, (now, lags)
