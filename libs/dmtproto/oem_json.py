@@ -295,7 +295,9 @@ def _gps(field: dict[str, Any], path: str) -> OemPosition:
     )
 
 
-def _analogue_data(field: dict[str, Any], path: str, bounds: tuple[int, int]) -> list[tuple[int, int]]:
+def _analogue_data(
+    field: dict[str, Any], path: str, bounds: tuple[int, int]
+) -> list[tuple[int, int]]:
     where = _path(path, "AnalogueData")
     data = _object(_required(field, "AnalogueData", path), where)
     values = []
@@ -475,9 +477,7 @@ def decode_oem_json(body: bytes | str) -> OemBody:
     or out of range."""
     try:
         text = body.decode("utf-8") if isinstance(body, bytes) else body
-        document = json.loads(
-            text, parse_constant=_reject_constant, parse_float=_finite_float
-        )
+        document = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except UnicodeDecodeError as exc:
         raise OemJsonError("$", f"not UTF-8: {exc.reason} at byte {exc.start}") from None
     except RecursionError:
