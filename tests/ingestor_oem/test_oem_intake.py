@@ -36,7 +36,7 @@ from tests.ingestor_oem.oem_helpers import (
 )
 
 USER, PASSWORD, TOKEN = "oem", "s3cret-pass", "t0ken-abc"
-BASIC = {"auth": "basic", "username": USER, "password": PASSWORD}
+BASIC: dict[str, Any] = {"auth": "basic", "username": USER, "password": PASSWORD}
 
 
 def basic(user: str = USER, password: str = PASSWORD) -> dict[str, str]:
@@ -52,7 +52,9 @@ async def test_a_traditional_body_lands_with_its_values_raw_and_registry(kafka: 
         assert response.status_code == 200, response.text
         assert response.json() == {"records": 5}
     # once answered, Kafka has every record: no waiting needed beyond reading them back
-    landed = await read_landed(kafka, lambda got: len(got.records) >= 5 and got.raw and got.devices)
+    landed = await read_landed(
+        kafka, lambda got: bool(len(got.records) >= 5 and got.raw and got.devices)
+    )
     assert [r.sequence for r in landed.records] == [125, 128, 130, 131, 133]  # one key: in order
     first = landed.records[0]
     assert first.source is RecordSource.OEM_HTTP and first.protocol == "dmt"
@@ -109,7 +111,7 @@ async def test_an_edge_body_with_a_bearer_token(kafka: str) -> None:
 
 
 async def test_a_named_header_with_a_secret(kafka: str) -> None:
-    auth = {"auth": "header", "header_name": "X-Api-Key", "header_value": "k3y"}
+    auth: dict[str, Any] = {"auth": "header", "header_name": "X-Api-Key", "header_value": "k3y"}
     async with running(kafka, **auth) as served, httpx.AsyncClient() as client:
         for headers in ({}, {"X-Api-Key": "wrong"}, {"X-Other": "k3y"}):
             response = await client.post(served.url, content=EDGE, headers=headers)
@@ -255,7 +257,7 @@ async def test_https(kafka: str, tmp_path: Path) -> None:
     cert.private_key_pem.write_to_path(str(keyfile))
     certfile.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
     ca.cert_pem.write_to_path(str(cafile))
-    tls = {"tls_certfile": certfile, "tls_keyfile": keyfile}
+    tls: dict[str, Any] = {"tls_certfile": certfile, "tls_keyfile": keyfile}
     async with running(kafka, **tls, **BASIC) as served:
         assert served.url.startswith("https://")
         async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=cafile)) as client:
