@@ -244,7 +244,9 @@ class OemIntake:
 
 def _same(given: str, expected: Any) -> bool:
     """Constant-time comparison with a secret (``SecretStr``)."""
-    return hmac.compare_digest(given.encode(), expected.get_secret_value().encode())
+    # a header aiohttp could not decode keeps its bytes as surrogates: compare those
+    given_bytes = given.encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(given_bytes, expected.get_secret_value().encode())
 
 
 def _basic_matches(header: str, username: str, password: str) -> bool:
