@@ -170,6 +170,7 @@ def _record(
         "schema": "record.v1",
         "record_id": record_id(PROTOCOL, hello.imei, record.sequence, device_time),
         "protocol": PROTOCOL,
+        "source": "tcp",
         "session_id": session_id,
         "ingestor": ingestor,
         "device": _identity(hello),

@@ -5,6 +5,10 @@ Every telemetry protocol publishes the same :class:`TelemetryRecord` (key = IMEI
 (``fleetgate.dmt.raw.v1`` for Digital Matter; key = IMEI; value = the raw bytes; headers
 :class:`RawHeader`), so any record can be decoded again later.
 
+Records from Digital Matter's OEM Server JSON HTTP connector (the ingestor's HTTP intake) are
+the same records with ``source`` ``oem_http`` or ``oem_http_edge``; each request body goes
+whole to ``fleetgate.dmt.oem.raw.v1`` (key = IMEI, headers :class:`RawHeader`).
+
 A device sends a record again when it did not get the commit for it (a connection lost, a
 Kafka outage): the same IMEI, sequence number and device time, hence the same
 :func:`record_id`. Consumers de-duplicate on ``record_id``.
@@ -32,6 +36,7 @@ __all__ = [
     "Measurement",
     "Position",
     "RawHeader",
+    "RecordSource",
     "RecordWebhook",
     "TelemetryRecord",
     "UnknownField",
@@ -58,6 +63,22 @@ class RawHeader(StrEnum):
     RECEIVED_AT = "fg-received-at"
     #: The protocol's message type, decimal (DMT: 0 hello, 4 data records, 16 fixed records).
     MESSAGE_TYPE = "fg-message-type"
+    #: ``fleetgate.dmt.oem.raw.v1``: the body's format, ``traditional`` or ``edge``.
+    FORMAT = "fg-format"
+    #: ``fleetgate.dmt.oem.raw.v1``: how many records the body holds, decimal.
+    RECORDS = "fg-records"
+
+
+class RecordSource(StrEnum):
+    """How a record reached fleetgate (``TelemetryRecord.source``)."""
+
+    #: The protocol's own binary session over TCP: the device itself, or the OEM Server's raw
+    #: TCP connector speaking for it (records written before this field existed).
+    TCP = "tcp"
+    #: Digital Matter's OEM Server JSON HTTP connector, traditional format.
+    OEM_HTTP = "oem_http"
+    #: Digital Matter's OEM Server JSON HTTP connector, Edge / LoRa format.
+    OEM_HTTP_EDGE = "oem_http_edge"
 
 
 def record_id(protocol: str, imei: str, sequence: int, device_time: datetime | None) -> str:
@@ -129,7 +150,14 @@ class TelemetryRecord(_Model):
     schema_: Literal["record.v1"] = Field("record.v1", alias="schema")
     record_id: str = Field(description="stable across resends: use it to de-duplicate")
     protocol: str = Field(description="source protocol: dmt, ...")
-    session_id: str = Field(description="the session that received it")
+    source: RecordSource = Field(
+        RecordSource.TCP,
+        description="how the record reached fleetgate: tcp (the protocol's own session), "
+        "oem_http or oem_http_edge (the OEM Server's JSON HTTP connector)",
+    )
+    session_id: str = Field(
+        description="the session that received it (the HTTP intake: the request's id)"
+    )
     ingestor: str = Field(description="the ingestor instance")
     device: DeviceIdentity
     sequence: int = Field(description="the device's sequence number of the record")

@@ -68,6 +68,11 @@ class Topic(StrEnum):
     #: the events say what only that protocol knows; what every protocol shares about a
     #: device is in the registry (``fleetgate.devices.v1``).
     DMT_SESSIONS = "fleetgate.dmt.sessions.v1"
+    #: Bodies the OEM Server's JSON HTTP connector posted to the ingestor, exactly as received
+    #: (JSON, either format), key = IMEI; headers :class:`contracts.records.RawHeader`
+    #: (``fg-session`` = the request's id, ``fg-format``, ``fg-records``...). Only bodies that
+    #: decoded; their records are on ``fleetgate.records.v1``.
+    DMT_OEM_RAW = "fleetgate.dmt.oem.raw.v1"
 
 
 class RecordKind(StrEnum):

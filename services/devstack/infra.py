@@ -275,6 +275,7 @@ DEFAULT_PARTITIONS: dict[str, int] = {
     Topic.DMT_RAW: 8,
     Topic.DMT_SESSIONS: 4,
     Topic.DEVICES: 4,
+    Topic.DMT_OEM_RAW: 4,
 }
 
 

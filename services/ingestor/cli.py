@@ -10,6 +10,7 @@ from runtime.cli import add_settings_arguments, settings_from_args
 from runtime.kafka import client_kwargs
 from runtime.metrics import Readiness, kafka_check
 
+from .oem import HttpSettings
 from .protocols import PROTOCOLS
 from .server import serve
 from .settings import IngestorSettings
@@ -24,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             prefix=f"{name}_",
             title=f"{name} listener (command line or environment)",
         )
+    add_settings_arguments(
+        parser,
+        HttpSettings,
+        prefix="http_",
+        title="OEM JSON HTTP intake, POST /digitalmatter/oem (command line or environment)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
         name: settings_from_args(protocol.settings_class, args, prefix=f"{name}_")
         for name, protocol in PROTOCOLS.items()
     }
+    http = settings_from_args(HttpSettings, args, prefix="http_")
     configure_logging(settings.log_level, settings.log_json)
     readiness = Readiness("ingestor")
     readiness.add("kafka", kafka_check(client_kwargs(settings)))
@@ -40,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     async def main() -> None:
         stop = asyncio.Event()
         stop_on_signals(stop)
-        await serve(settings, stop, listeners, readiness)
+        await serve(settings, stop, listeners, readiness, http)
 
     asyncio.run(main())
     return 0

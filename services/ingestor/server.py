@@ -17,6 +17,7 @@ from runtime.metrics import Readiness
 from . import allowlist, metrics
 from .adapter import Link, Protocol
 from .connection import Connection
+from .oem import HttpSettings, OemIntake
 from .protocols import PROTOCOLS
 from .settings import IngestorSettings, ListenerSettings
 from .sink import KafkaSink, Ledger, Sink
@@ -277,28 +278,40 @@ async def serve(
     stop: asyncio.Event,
     listeners: Mapping[str, ListenerSettings] | None = None,
     readiness: Readiness | None = None,
+    http: HttpSettings | None = None,
 ) -> None:
     """Run until ``stop`` is set. Each protocol starts before its listener accepts (the
     camera first reads the progress topic, so that a device coming back resumes where Kafka
-    has its file up to); devices are accepted only while ``readiness`` says ready."""
+    has its file up to); devices are accepted only while ``readiness`` says ready. With
+    ``http`` given a port, the OEM JSON intake listens too (:mod:`ingestor.oem`), sharing
+    the producer and readiness; it stops first on SIGTERM."""
     readiness = readiness or Readiness("ingestor")
     sink = KafkaSink(settings)
     await sink.producer.start()
     watching = asyncio.create_task(readiness.watch(), name="readiness")
     try:
         protocols = hosted(settings, sink, listeners or listener_settings())
-        if not protocols:
+        intake = None
+        if http is not None and http.enabled:
+            intake = OemIntake(http, settings, sink, readiness.why_not)
+        if not protocols and intake is None:
             raise ValueError("every protocol is disabled: nothing to listen for")
         ingestor = Ingestor(settings, sink, protocols)
         ingestor.not_ready = readiness.why_not
         try:
             await asyncio.to_thread(readiness.evaluate)  # nobody refused as "not evaluated"
             await ingestor.start()  # each protocol's start (progress catch-up), then listeners
+            if intake is not None:
+                await intake.start()
             readiness.started()
             await stop.wait()
             readiness.hold("stopping", "draining on SIGTERM")
         finally:
-            await ingestor.stop()
+            try:
+                if intake is not None:
+                    await intake.stop()
+            finally:
+                await ingestor.stop()
     finally:
         watching.cancel()
         with contextlib.suppress(asyncio.CancelledError):

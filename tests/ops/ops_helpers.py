@@ -132,7 +132,8 @@ def docker_available() -> bool:
 
 def setting_variables(component: str) -> set[str]:
     """Every ``FLEETGATE_*`` variable ``component`` reads: its settings and, for the ingestor,
-    each hosted protocol's listener settings (``FLEETGATE_<PROTOCOL>_*``)."""
+    each hosted protocol's listener settings (``FLEETGATE_<PROTOCOL>_*``) and the OEM JSON
+    intake's (``FLEETGATE_HTTP_*``)."""
     from assembler.settings import AssemblerSettings
     from connector.settings import ConnectorSettings
     from ingestor.protocols import PROTOCOLS
@@ -148,4 +149,7 @@ def setting_variables(component: str) -> set[str]:
         for name, protocol in PROTOCOLS.items():
             fields = protocol.settings_class.model_fields
             names |= {f"FLEETGATE_{name.upper()}_{f.upper()}" for f in fields}
+        from ingestor.oem import HttpSettings  # the OEM JSON intake: FLEETGATE_HTTP_*
+
+        names |= {f"FLEETGATE_HTTP_{f.upper()}" for f in HttpSettings.model_fields}
     return names
