@@ -372,11 +372,12 @@ class EndpointWorker:
         batcher = self._batchers.get(tp)
         if batcher is None:
             return True
-        for batch in batcher.due(time.monotonic()):
+        ready = batcher.due(time.monotonic())
+        for batch in ready:  # out of the batcher: the watermark moves only once all are sent
             if not await self._send_batch(batch, None):
                 return False
-            if tp in self._taken:
-                self._finished[tp] = self._watermark(tp)
+        if ready and tp in self._taken:
+            self._finished[tp] = self._watermark(tp)
         return True
 
     def _flush_due(self) -> None:
