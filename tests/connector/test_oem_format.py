@@ -4,6 +4,7 @@ captures; the endpoint settings (format, batch, dynamic fields) and their errors
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from contracts.records import (
     LogReason,
     Measurement,
     Position,
+    RecordWebhook,
     TelemetryRecord,
 )
 from dmtproto import Analogue16Field, Record, decode_message_records
@@ -364,3 +366,11 @@ def test_a_batch_of_one_is_sent_at_once() -> None:
     b = Batcher(max_records=1, max_wait=60.0)
     full = b.add(0, _r("A", 1), None, now=0.0)
     assert full is not None and len(b) == 0
+
+
+def test_the_readme_examples_are_one_record_in_both_formats() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## OEM-format output and batching\n", 1)[1].split("\n## ", 1)[0]
+    fleetgate, oem = re.findall(r"```json\n(.*?)```", section, re.DOTALL)
+    record = RecordWebhook.model_validate_json(fleetgate).data
+    assert json.loads(oem) == oem_body([record])
