@@ -69,6 +69,8 @@ class OpenBatch:
 
     imei: str
     deadline: float  # monotonic seconds
+    #: When the first record entered Kafka (unix seconds), for the delivered-age metric.
+    source_time: float | None = None
     offsets: list[int] = field(default_factory=list)
     records: list[TelemetryRecord] = field(default_factory=list)
     sources: list[str | None] = field(default_factory=list)
@@ -89,12 +91,18 @@ class Batcher:
         return len(self._open)
 
     def add(
-        self, offset: int, record: TelemetryRecord, source: str | None, now: float
+        self,
+        offset: int,
+        record: TelemetryRecord,
+        source: str | None,
+        now: float,
+        source_time: float | None = None,
     ) -> OpenBatch | None:
         """Take ``record``; the batch it fills up (now closed), or None while it waits."""
         batch = self._open.get(record.imei)
         if batch is None:
-            batch = self._open[record.imei] = OpenBatch(record.imei, now + self.max_wait)
+            batch = OpenBatch(record.imei, now + self.max_wait, source_time)
+            self._open[record.imei] = batch
         batch.offsets.append(offset)
         batch.records.append(record)
         batch.sources.append(source)

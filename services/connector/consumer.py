@@ -362,10 +362,11 @@ class EndpointWorker:
         if batcher is None:
             batcher = self._batchers[tp] = Batcher(batch.max_records, batch.max_wait_seconds)
         source = f"{record.topic}/{record.partition}/{record.offset}"
-        full = batcher.add(record.offset, event, source, time.monotonic())
+        kafka_time = record.timestamp / 1000 if record.timestamp is not None else None
+        full = batcher.add(record.offset, event, source, time.monotonic(), kafka_time)
         if full is None:
             return True
-        return await self._send_batch(full, record.timestamp)
+        return await self._send_batch(full)
 
     async def _send_due(self, tp: TopicPartition) -> bool:
         """Send the partition's batches that waited long enough; False if stopped first."""
@@ -374,7 +375,7 @@ class EndpointWorker:
             return True
         ready = batcher.due(time.monotonic())
         for batch in ready:  # out of the batcher: the watermark moves only once all are sent
-            if not await self._send_batch(batch, None):
+            if not await self._send_batch(batch):
                 return False
         if ready and tp in self._taken:
             self._finished[tp] = self._watermark(tp)
@@ -395,14 +396,14 @@ class EndpointWorker:
         if await self._send_due(tp):
             await self._resume(tp)
 
-    async def _send_batch(self, open_batch: OpenBatch, timestamp_ms: int | None) -> bool:
+    async def _send_batch(self, open_batch: OpenBatch) -> bool:
         batch = open_batch.batch()
         state = RetryState(
             endpoint=self.name,
             attempts=0,
             first_attempt=time.time(),
             source=batch.sources[0],
-            source_time=timestamp_ms / 1000 if timestamp_ms is not None else None,
+            source_time=open_batch.source_time,
         )
         value = encode(batch)
         permit = self.breaker.acquire()
