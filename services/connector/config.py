@@ -13,7 +13,9 @@
         auth:
           bearer: ${CRM_TOKEN}         # or  basic: {username: u, password: ${CRM_PASSWORD}}
         headers:
-          X-Device: "[IMEI]"           # [IMEI] becomes the event's IMEI
+          X-Device: "[IMEI]"           # [IMEI], [SERIAL], [ICCID]: the device's (also in url)
+        format: fleetgate              # or oem: records in the OEM Server's JSON (records only)
+        batch: {max_records: 20, max_wait_seconds: 5}   # format oem: records of one device per POST
         tls: {verify: true, ca_file: /etc/ssl/private-ca.pem, cert_file: c.pem, key_file: k.pem}
         filter: {types: [file.stored], imeis: [...], cameras: [dualcam], media: [photo]}
         timeout_seconds: 10
@@ -59,9 +61,11 @@ from contracts import DEFAULT_RETRY_SCHEDULE, retry_topic
 from contracts.models import Camera, Media
 
 __all__ = [
+    "DYNAMIC_FIELDS",
     "RESERVED_HEADERS",
     "Auth",
     "BasicAuth",
+    "Batch",
     "CircuitBreakerConfig",
     "ConfigError",
     "ConnectorConfig",
@@ -87,6 +91,9 @@ RESERVED_HEADERS = frozenset(
         "webhook-signature",
     }
 )
+
+#: The OEM connector's dynamic fields, replaced per event in the URL and header values.
+DYNAMIC_FIELDS = ("[IMEI]", "[SERIAL]", "[ICCID]")
 
 _ENV_REF = re.compile(r"\$(\$?)\{([^}]*)\}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -290,6 +297,29 @@ def disallowed_address(host: str) -> str | None:
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_-]{1,100}$")]
 
 
+class Batch(_Strict):
+    """Several records of one device in one POST, as the OEM Server posts them."""
+
+    max_records: int = Field(ge=1, le=1000, description="records of one device per POST at most")
+    max_wait_seconds: Duration = Field(
+        description="how long the first record of a batch waits for more before it is sent"
+    )
+
+    @field_validator("max_wait_seconds")
+    @classmethod
+    def _bounded(cls, value: float) -> float:
+        if value > 300:
+            raise ValueError("at most 300 s: a waiting batch holds its partition's offsets back")
+        return value
+
+
+def _example_url(url: str) -> str:
+    """``url`` with its dynamic fields filled in with sample digits, to validate it."""
+    for field in DYNAMIC_FIELDS:
+        url = url.replace(field, "0")
+    return url
+
+
 class Endpoint(_Strict):
     name: Name
     url: str
@@ -304,12 +334,14 @@ class Endpoint(_Strict):
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
     allow_private_network: bool = False
     enabled: bool = True
+    format: Literal["fleetgate", "oem", "dmt"] = "fleetgate"
+    batch: Batch | None = None
 
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
         try:
-            url = httpx.URL(value)
+            url = httpx.URL(_example_url(value))
         except httpx.InvalidURL as exc:
             raise ValueError(f"not a URL: {exc}") from None
         if url.scheme not in ("http", "https") or not url.host:
@@ -332,8 +364,18 @@ class Endpoint(_Strict):
     def _checks(self) -> Endpoint:
         if self.auth is not None and any(h.lower() == "authorization" for h in self.headers):
             raise ValueError("give either 'auth' or an 'Authorization' header, not both")
+        if self.format == "dmt" and httpx.URL(_example_url(self.url)).scheme != "tcp":
+            raise ValueError("format 'dmt' forwards the binary protocol: it needs a tcp:// url")
+        if self.format == "oem":
+            files = [t for t in self.filter.types or () if t != "record"]
+            if files:
+                raise ValueError(
+                    f"format 'oem' carries telemetry records only; remove {files} from filter.types"
+                )
+        if self.batch is not None and self.format != "oem":
+            raise ValueError("'batch' needs 'format: oem' (a fleetgate-format POST is one event)")
         if not self.allow_private_network:
-            why = disallowed_address(httpx.URL(self.url).host)
+            why = disallowed_address(httpx.URL(_example_url(self.url)).host)
             if why is not None:
                 raise ValueError(f"url: {why}; set 'allow_private_network: true' to deliver there")
         return self

@@ -24,12 +24,19 @@ the main loop keeps polling, so group membership stays alive however long a wait
 Offsets are committed (manually) only up to the last record that is finished: after each batch,
 every second while a partition is busy, when partitions are revoked and at shutdown. A crash can
 repeat a delivery or a retry record, never lose one; receivers de-duplicate on ``webhook-id``.
+
+An endpoint with ``batch`` (:mod:`.batch`) collects the records of each device of a partition
+and POSTs up to ``max_records`` of them at once, after at most ``max_wait_seconds``; a batch is
+retried, dead-lettered (one dead letter per record) and signed as one event, and the partition's
+offsets stay behind the first record of its oldest open batch until that batch is delivered or
+parked. Without ``batch`` nothing of this runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 import uuid
 from collections.abc import Iterable
@@ -49,12 +56,22 @@ from contracts import (
     Topic,
     encode,
 )
+from contracts.records import TelemetryRecord
 from runtime.kafka import client_kwargs, consumer_kwargs, producer_kwargs
 
 from . import metrics
+from .batch import Batcher, OpenBatch, RecordBatch
 from .config import ConnectorConfig, Endpoint
 from .delivery import Attempt, EndpointClient, Verdict
-from .events import Deliverable, accepts, decode_event, source_topics, webhook_body
+from .events import (
+    Deliverable,
+    accepts,
+    decode_event,
+    dynamic_fields,
+    render,
+    source_topics,
+    webhook_body,
+)
 from .presign import Presigner
 from .protection import CircuitBreaker, Permit
 from .retry import DeadLetterNow, RetryState, Schedule, next_step, utc
@@ -90,6 +107,8 @@ def why_not_an_event(value: bytes | None) -> str:
     kind = raw.get("type") if isinstance(raw, dict) else None
     if isinstance(kind, str) and kind not in ("file.stored", "file.failed", "record"):
         return f"unknown event type {kind!r}"
+    if isinstance(raw, dict) and raw.get("schema") == "record-batch.v1":
+        return "not a valid batch of records"
     return "not a valid file event or record"
 
 
@@ -255,6 +274,10 @@ class EndpointWorker:
         self._finished: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
         self._commit_lock = asyncio.Lock()
+        #: With ``batch``: the open batches of each records partition, and the offset after
+        #: the last record taken from it (finished, or waiting in a batch).
+        self._batchers: dict[TopicPartition, Batcher] = {}
+        self._taken: dict[TopicPartition, int] = {}
 
     # --- the consumer loop ---------------------------------------------------------------
 
@@ -281,6 +304,7 @@ class EndpointWorker:
                             self.backlog.fetched(tp, mine, records[-1].offset)
                         self.consumer.pause(tp)
                         self._tasks[tp] = asyncio.create_task(self._drain(tp, records))
+                self._flush_due()
                 self._raise_failed_tasks()
         finally:
             await self._shutdown(committer)
@@ -294,15 +318,99 @@ class EndpointWorker:
 
     async def _drain(self, tp: TopicPartition, records: Iterable[Any]) -> None:
         """Handle ``records`` (one partition, in order), then commit and fetch more."""
+        batching = self.endpoint.batch is not None and tp.topic == str(Topic.RECORDS)
         for record in records:
-            if not await self._handle(record):
-                return  # stopping: commit nothing past what was finished
-            self._finished[tp] = record.offset + 1
+            if batching:
+                if not await self._collect(tp, record):
+                    return
+                self._taken[tp] = record.offset + 1
+                self._finished[tp] = self._watermark(tp)
+            else:
+                if not await self._handle(record):
+                    return  # stopping: commit nothing past what was finished
+                self._finished[tp] = record.offset + 1
+        if batching and not await self._send_due(tp):
+            return
+        await self._resume(tp)
+
+    async def _resume(self, tp: TopicPartition) -> None:
         await self._commit()
         if self._tasks.get(tp) is asyncio.current_task():
             del self._tasks[tp]
         if not self._stop.is_set() and tp in self.consumer.assignment():
             self.consumer.resume(tp)
+
+    # --- batches (endpoints with ``batch``) ------------------------------------------------
+
+    def _watermark(self, tp: TopicPartition) -> int:
+        """Where the partition's offsets may be committed: past what was taken, but not past
+        the first record of an open batch."""
+        taken = self._taken[tp]
+        held = self._batchers[tp].low_water() if tp in self._batchers else None
+        return taken if held is None else min(held, taken)
+
+    async def _collect(self, tp: TopicPartition, record: Any) -> bool:
+        """Put a record into its device's batch; send the batch if that fills it."""
+        event = self._decode(record)
+        if event is None or not self._accepts(event):
+            return True
+        if not isinstance(event, TelemetryRecord):  # format oem: records only
+            return True
+        batch = self.endpoint.batch
+        assert batch is not None
+        batcher = self._batchers.get(tp)
+        if batcher is None:
+            batcher = self._batchers[tp] = Batcher(batch.max_records, batch.max_wait_seconds)
+        source = f"{record.topic}/{record.partition}/{record.offset}"
+        kafka_time = record.timestamp / 1000 if record.timestamp is not None else None
+        full = batcher.add(record.offset, event, source, time.monotonic(), kafka_time)
+        if full is None:
+            return True
+        return await self._send_batch(full)
+
+    async def _send_due(self, tp: TopicPartition) -> bool:
+        """Send the partition's batches that waited long enough; False if stopped first."""
+        batcher = self._batchers.get(tp)
+        if batcher is None:
+            return True
+        ready = batcher.due(time.monotonic())
+        for batch in ready:  # out of the batcher: the watermark moves only once all are sent
+            if not await self._send_batch(batch):
+                return False
+        if ready and tp in self._taken:
+            self._finished[tp] = self._watermark(tp)
+        return True
+
+    def _flush_due(self) -> None:
+        """From the main loop: a partition with batches due and no task in hand gets one."""
+        now = time.monotonic()
+        for tp, batcher in self._batchers.items():
+            deadline = batcher.next_deadline()
+            if deadline is None or deadline > now or tp in self._tasks:
+                continue
+            if tp in self.consumer.assignment():
+                self.consumer.pause(tp)
+                self._tasks[tp] = asyncio.create_task(self._flush(tp))
+
+    async def _flush(self, tp: TopicPartition) -> None:
+        if await self._send_due(tp):
+            await self._resume(tp)
+
+    async def _send_batch(self, open_batch: OpenBatch) -> bool:
+        batch = open_batch.batch()
+        state = RetryState(
+            endpoint=self.name,
+            attempts=0,
+            first_attempt=time.time(),
+            source=batch.sources[0],
+            source_time=open_batch.source_time,
+        )
+        value = encode(batch)
+        permit = self.breaker.acquire()
+        if permit is None:
+            state = replace(state, last_error="not attempted: circuit breaker open")
+            return await self._later(batch, value, state, None, None)
+        return await self._attempt(batch, value, state, None, permit)
 
     async def _handle(self, record: Any) -> bool:
         """Finish one record; False if stopped first (then it is not committed)."""
@@ -389,11 +497,13 @@ class EndpointWorker:
     ) -> bool:
         try:
             try:
-                body = encode(webhook_body(event, self.presigner))
+                body = render(self.endpoint, event, self.presigner)
             except ValueError as exc:  # the event's own fault, e.g. a bucket name S3 refuses
                 self.breaker.release(permit)
                 return await self._dead_letter(event, state, "invalid", f"no webhook body: {exc}")
-            attempt = await self.client.post(body, event.event_id, event.imei)
+            attempt = await self.client.post(
+                body, event.event_id, event.imei, dynamic_fields(event)
+            )
         except BaseException:
             self.breaker.release(permit)
             raise
@@ -437,6 +547,8 @@ class EndpointWorker:
         }
         if probe:
             fields["probe"] = True
+        if isinstance(event, RecordBatch):
+            fields["records"] = len(event.records)
         if attempt.verdict is Verdict.REFUSED:
             _log.error("delivery_refused", **fields, error=attempt.error)
             return
@@ -495,33 +607,43 @@ class EndpointWorker:
         reason: str,
         error: str | None = None,
     ) -> bool:
-        letter = DeadLetter(
-            endpoint=self.name,
-            event_id=event.event_id,
-            reason=reason,
-            attempts=state.attempts,
-            first_attempt_at=datetime.fromtimestamp(state.first_attempt, UTC),
-            last_attempt_at=utc(state.last_attempt),
-            last_status=state.last_status,
-            last_error=error or state.last_error,
-            dead_lettered_at=datetime.now(UTC),
-            source=state.source,
-            event=event,
-        )
-        meta = await self.publisher.send(
-            str(Topic.DEADLETTER), self.name.encode(), encode(letter), self._stop
-        )
-        if meta is None:
-            return False
-        metrics.dead_letters.labels(self.name).inc()
+        """Into the dead-letter topic; a batch as one dead letter per record (each with the
+        record's own id and source), so a replay can send them again."""
+        if isinstance(event, RecordBatch):
+            parts: list[tuple[Deliverable, str | None]] = list(
+                itertools.zip_longest(event.records, event.sources[: len(event.records)])
+            )
+        else:
+            parts = [(event, state.source)]
+        for part, source in parts:
+            letter = DeadLetter(
+                endpoint=self.name,
+                event_id=part.event_id,
+                reason=reason,
+                attempts=state.attempts,
+                first_attempt_at=datetime.fromtimestamp(state.first_attempt, UTC),
+                last_attempt_at=utc(state.last_attempt),
+                last_status=state.last_status,
+                last_error=error or state.last_error,
+                dead_lettered_at=datetime.now(UTC),
+                source=source,
+                event=part,
+            )
+            meta = await self.publisher.send(
+                str(Topic.DEADLETTER), self.name.encode(), encode(letter), self._stop
+            )
+            if meta is None:
+                return False
+            metrics.dead_letters.labels(self.name).inc()
         _log.error(
             "dead_lettered",
             endpoint=self.name,
             event_id=event.event_id,
             reason=reason,
-            attempts=letter.attempts,
-            last_status=letter.last_status,
-            last_error=letter.last_error,
+            attempts=state.attempts,
+            records=len(parts),
+            last_status=state.last_status,
+            last_error=error or state.last_error,
         )
         return True
 
@@ -565,6 +687,9 @@ class EndpointWorker:
         await self._commit_now(revoked)
         self.backlog.forget(revoked)
         for tp in revoked:
+            # Open batches are abandoned uncommitted: the partition's next owner reads them.
+            self._batchers.pop(tp, None)
+            self._taken.pop(tp, None)
             self._finished.pop(tp, None)
             self._committed.pop(tp, None)
         if revoked:

@@ -14,7 +14,8 @@ import enum
 import socket
 import ssl
 import time
-from collections.abc import Iterable
+import urllib.parse
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -24,7 +25,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from .config import Endpoint, disallowed_address
+from .config import DYNAMIC_FIELDS, Endpoint, disallowed_address
 from .protection import RateLimiter
 from .signing import secret_key, sign
 
@@ -38,7 +39,8 @@ __all__ = [
     "user_agent",
 ]
 
-#: Placeholders in header values, replaced per event (as in Digital Matter's OEM Server).
+#: Placeholders in the URL and header values, replaced per event (as in Digital Matter's OEM
+#: Server): ``[IMEI]``, ``[SERIAL]``, ``[ICCID]``.
 IMEI_PLACEHOLDER = "[IMEI]"
 #: How much of a failed answer's body goes into logs and dead letters.
 ERROR_BODY_BYTES = 200
@@ -189,6 +191,17 @@ def _transport(endpoint: Endpoint) -> httpx.AsyncHTTPTransport:
     return transport
 
 
+def _dynamic(text: str) -> bool:
+    return any(field in text for field in DYNAMIC_FIELDS)
+
+
+def _fill(template: str, values: Mapping[str, str]) -> str:
+    for field in DYNAMIC_FIELDS:
+        if field in template:
+            template = template.replace(field, values.get(field, ""))
+    return template
+
+
 class EndpointClient:
     """One endpoint's HTTP client (connection pool, TLS, auth, limits) and its POST."""
 
@@ -202,7 +215,8 @@ class EndpointClient:
             auth = httpx.BasicAuth(basic.username, basic.password.get_secret_value())
         elif endpoint.auth is not None and endpoint.auth.bearer is not None:
             headers["Authorization"] = f"Bearer {endpoint.auth.bearer.get_secret_value()}"
-        self._templates = {k: v for k, v in endpoint.headers.items() if IMEI_PLACEHOLDER in v}
+        self._templates = {k: v for k, v in endpoint.headers.items() if _dynamic(v)}
+        self._url_template = _dynamic(endpoint.url)
         for name, value in endpoint.headers.items():
             if name not in self._templates:
                 headers[name] = value
@@ -222,9 +236,15 @@ class EndpointClient:
         )
 
     def headers(
-        self, event_id: str, imei: str, body: bytes = b"", timestamp: int | None = None
+        self,
+        event_id: str,
+        imei: str,
+        body: bytes = b"",
+        timestamp: int | None = None,
+        fields: Mapping[str, str] | None = None,
     ) -> dict[str, str]:
-        """Per-attempt headers (the client adds the static ones)."""
+        """Per-attempt headers (the client adds the static ones). ``fields``: the dynamic
+        fields' values (default: only ``[IMEI]``, ``imei``)."""
         stamp = int(time.time()) if timestamp is None else timestamp
         headers = {
             "Content-Type": "application/json",
@@ -233,28 +253,41 @@ class EndpointClient:
         }
         if self._keys:
             headers["webhook-signature"] = sign(self._keys, event_id, stamp, body)
+        values = fields if fields is not None else {IMEI_PLACEHOLDER: imei}
         for name, template in self._templates.items():
-            headers[name] = template.replace(IMEI_PLACEHOLDER, imei)
+            headers[name] = _fill(template, values)
         return headers
 
-    async def post(self, body: bytes, event_id: str, imei: str) -> Attempt:
+    def url(self, fields: Mapping[str, str]) -> str:
+        """The endpoint's URL with its dynamic fields filled in (percent-encoded)."""
+        if not self._url_template:
+            return self.endpoint.url
+        quoted = {k: urllib.parse.quote(v, safe="") for k, v in fields.items()}
+        return _fill(self.endpoint.url, quoted)
+
+    async def post(
+        self, body: bytes, event_id: str, imei: str, fields: Mapping[str, str] | None = None
+    ) -> Attempt:
         """One POST, within the endpoint's concurrency and rate limits; never raises (except
         on cancellation). ``seconds`` is the request alone, not the wait for a slot."""
         async with self._slots:
             if self._limiter is not None:
                 await self._limiter.acquire()
-            return await self._post(body, event_id, imei)
+            return await self._post(body, event_id, imei, fields)
 
-    async def _post(self, body: bytes, event_id: str, imei: str) -> Attempt:
+    async def _post(
+        self, body: bytes, event_id: str, imei: str, fields: Mapping[str, str] | None
+    ) -> Attempt:
+        values = fields if fields is not None else {IMEI_PLACEHOLDER: imei}
         timeout = self.endpoint.timeout_seconds
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         started = time.perf_counter()
         try:
             async with asyncio.timeout_at(deadline):
-                headers = self.headers(event_id, imei, body)
+                headers = self.headers(event_id, imei, body, fields=values)
                 request = self._client.build_request(
-                    "POST", self.endpoint.url, content=body, headers=headers
+                    "POST", self.url(values), content=body, headers=headers
                 )
                 response = await self._client.send(request, stream=True)
         except DestinationRefused as exc:

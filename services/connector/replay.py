@@ -29,11 +29,13 @@ from contracts import (
     Topic,
     encode,
 )
+from contracts.records import TelemetryRecord
 from runtime.kafka import consumer_kwargs, partitions_of, producer_kwargs
 
+from .batch import RecordBatch
 from .config import ConnectorConfig, Endpoint
 from .delivery import Attempt, EndpointClient, Verdict
-from .events import Deliverable, accepts, decode_event, source_topics, webhook_body
+from .events import Deliverable, accepts, decode_event, dynamic_fields, render, source_topics
 from .presign import Presigner
 from .retry import Schedule
 from .settings import ConnectorSettings
@@ -132,10 +134,10 @@ async def _deliver(
     attempt: Attempt | None = None
     for n in range(1, attempts + 1):
         try:
-            body = encode(webhook_body(event, presigner))
+            body = render(client.endpoint, event, presigner)
         except ValueError as exc:
             return None, n - 1, f"no webhook body: {exc}"
-        attempt = await client.post(body, event.event_id, event.imei)
+        attempt = await client.post(body, event.event_id, event.imei, dynamic_fields(event))
         if attempt.verdict is not Verdict.RETRY or n == attempts:
             return attempt, n, None
         wait = min(schedule.delays[min(n - 1, schedule.last)], MAX_WAIT)
@@ -193,25 +195,37 @@ class _Replayer:
             delivered = attempt is not None and attempt.verdict is Verdict.DELIVERED
             if attempt is not None and not delivered:
                 error = attempt.error
-            outcome = ReplayOutcome(
-                endpoint=self.endpoint.name,
-                event_id=event.event_id,
-                mode=self.report.mode,
-                delivered=delivered,
-                attempts=made,
-                status=None if attempt is None else attempt.status,
-                error=error,
-                replayed_at=datetime.now(UTC),
-                dead_letter=dead_letter,
+            # A batch's outcome is written per record: dead letters are per record.
+            ids = (
+                [r.event_id for r in event.records]
+                if isinstance(event, RecordBatch)
+                else [event.event_id]
             )
-            await self.producer.send_and_wait(
-                str(Topic.REPLAYS), encode(outcome), key=self.endpoint.name.encode()
-            )
+            for event_id in ids:
+                outcome = ReplayOutcome(
+                    endpoint=self.endpoint.name,
+                    event_id=event_id,
+                    mode=self.report.mode,
+                    delivered=delivered,
+                    attempts=made,
+                    status=None if attempt is None else attempt.status,
+                    error=error,
+                    replayed_at=datetime.now(UTC),
+                    dead_letter=dead_letter,
+                )
+                await self.producer.send_and_wait(
+                    str(Topic.REPLAYS), encode(outcome), key=self.endpoint.name.encode()
+                )
             if delivered:
-                self.report.delivered += 1
-                _log.info("replayed", endpoint=self.endpoint.name, event_id=event.event_id)
+                self.report.delivered += len(ids)
+                _log.info(
+                    "replayed",
+                    endpoint=self.endpoint.name,
+                    event_id=event.event_id,
+                    events=len(ids),
+                )
             else:
-                self.report.failed += 1
+                self.report.failed += len(ids)
                 self.report.failures.append(f"{event.event_id}: {error}")
                 _log.error(
                     "replay_failed",
@@ -279,6 +293,7 @@ async def _dead_letters(
 ) -> None:
     earlier = await _replayed(settings, endpoint.name)
     this_run: set[str] = set()
+    batches = _Batches(endpoint, replayer, dead_letters=True)
     async for record in scan(settings, str(Topic.DEADLETTER)):
         if record.key is not None and record.key != endpoint.name.encode():
             continue
@@ -294,7 +309,36 @@ async def _dead_letters(
             report.already += 1
             continue
         this_run.add(letter.event_id)
-        await replayer.submit(letter.event, f"{record.partition}/{record.offset}")
+        await batches.add(letter.event, f"{record.partition}/{record.offset}")
+    await batches.flush()
+
+
+class _Batches:
+    """For an endpoint with ``batch``: records replayed in batches of one device again."""
+
+    def __init__(self, endpoint: Endpoint, replayer: _Replayer, dead_letters: bool) -> None:
+        #: Whether ``where`` names a dead letter (for the replay outcome).
+        self.dead_letters = dead_letters
+        self.size = endpoint.batch.max_records if endpoint.batch is not None else 0
+        self.replayer = replayer
+        self.open: dict[str, tuple[list[TelemetryRecord], list[str | None]]] = {}
+
+    async def add(self, event: Deliverable, where: str | None) -> None:
+        where = where if self.dead_letters else None
+        if self.size <= 1 or not isinstance(event, TelemetryRecord):
+            await self.replayer.submit(event, where)
+            return
+        records, sources = self.open.setdefault(event.imei, ([], []))
+        records.append(event)
+        sources.append(where)
+        if len(records) >= self.size:
+            del self.open[event.imei]
+            await self.replayer.submit(RecordBatch.of(records, sources), sources[0])
+
+    async def flush(self) -> None:
+        for records, sources in self.open.values():
+            await self.replayer.submit(RecordBatch.of(records, sources), sources[0])
+        self.open.clear()
 
 
 async def _since(
@@ -307,6 +351,7 @@ async def _since(
 ) -> None:
     start = since.timestamp() * 1000
     end = None if until is None else until.timestamp() * 1000
+    batches = _Batches(endpoint, replayer, dead_letters=False)
     for topic in source_topics(endpoint):
         async for record in scan(settings, topic):
             if record.timestamp < start or (end is not None and record.timestamp >= end):
@@ -319,4 +364,5 @@ async def _since(
             if not accepts(endpoint, event):
                 report.filtered += 1
                 continue
-            await replayer.submit(event, None)
+            await batches.add(event, f"{record.topic}/{record.partition}/{record.offset}")
+    await batches.flush()

@@ -229,6 +229,68 @@ def bench_dmt(repeat: int, records: int) -> dict[str, float]:
     return figures
 
 
+def bench_connector_bodies(repeat: int, records: int) -> dict[str, float]:
+    """The connector's per-attempt CPU work on a record, no I/O: the body in each format, the
+    headers (signature, dynamic fields) and the URL. A batch of 20 is one body and one set of
+    headers for 20 records."""
+    from connector.config import parse_config
+    from connector.delivery import EndpointClient
+    from connector.events import dynamic_fields, render
+    from connector.presign import Presigner
+    from connector.settings import ConnectorSettings
+
+    secret = "whsec_" + "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE="
+    config = parse_config(
+        "endpoints:\n"
+        + "".join(
+            f"  - {{name: {name}, url: 'https://example.com/dm/[IMEI]', format: {fmt},"
+            f" secrets: ['{secret}'], headers: {{X-Device: '[IMEI]-[SERIAL]'}}}}\n"
+            for name, fmt in (("plain", "fleetgate"), ("oem", "oem"))
+        )
+    )
+    presigner = Presigner(ConnectorSettings())
+    at = datetime.now(UTC)
+    device = dmt_device(records)
+    conn = device.connect(records_per_message=16, records_per_commit=records)
+    conn.receive_data(DMT_HELLO_REPLY)
+    server = DmtServer(now=0.0, unix_time=1.8e9)
+    events = server.receive_data(conn.data_to_send(), 0.0)
+    values = [
+        telemetry_record(e.record, DMT_HELLO, session_id="s", ingestor="i", received_at=at)
+        for e in events
+        if isinstance(e, RecordReceived)
+    ]
+    figures: dict[str, float] = {}
+    for endpoint in config.endpoints:
+        client = EndpointClient(endpoint)
+
+        def one_by_one(client: EndpointClient = client) -> None:
+            for value in values:
+                fields = dynamic_fields(value)
+                body = render(client.endpoint, value, presigner)
+                client.headers(value.event_id, value.imei, body, fields=fields)
+                client.url(fields)
+
+        figures[f"connector_{endpoint.format}_body_records_per_s"] = records / best(
+            one_by_one, repeat
+        )
+    from connector.batch import RecordBatch
+
+    oem = EndpointClient(config.endpoints[1])
+    batches = [
+        RecordBatch.of(values[i : i + 20], [None] * len(values[i : i + 20]))
+        for i in range(0, len(values), 20)
+    ]
+
+    def batched() -> None:
+        for batch in batches:
+            body = render(oem.endpoint, batch, presigner)
+            oem.headers(batch.event_id, batch.imei, body, fields=dynamic_fields(batch))
+
+    figures["connector_oem_batch20_body_records_per_s"] = records / best(batched, repeat)
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=5)
@@ -244,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_crc(args.repeat)
         | bench_transfer(args.repeat, args.video_bytes)
         | bench_dmt(args.repeat, args.dmt_records)
+        | bench_connector_bodies(args.repeat, 5_000)
     )
     if not args.no_ingest:
         figures |= dmt_ingest.bench_dmt_ingest(args)
