@@ -200,7 +200,7 @@ class OemIntake:
         """Every record, the raw body and the device's status to Kafka; return once Kafka
         acknowledged them all. 503 when it does not within ``publish_timeout_seconds``."""
         timeout = self.settings.publish_timeout_seconds
-        ledger = Ledger(self.sink, timeout, timeout)
+        ledger = Ledger(self.sink, timeout, timeout, protocol=metrics.PROTOCOL)
         received_at = datetime.now(UTC)
         instance = self.ingestor.instance
         records = oem_telemetry_records(

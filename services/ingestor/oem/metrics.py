@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
+from .. import metrics as edge_metrics
+
 #: The edge metrics' ``protocol`` label of the intake.
 PROTOCOL = "dmt_oem"
 #: ``format`` label values: the body's format, or ``none`` when it was not decoded.
@@ -27,6 +29,10 @@ request_seconds = Histogram(
 
 def register() -> None:
     """The series at zero, so dashboards see them before the first request."""
+    edge_metrics.received_bytes.labels(PROTOCOL)
+    edge_metrics.records.labels(PROTOCOL)
+    edge_metrics.kafka_produce_seconds.labels(PROTOCOL)
+    edge_metrics.kafka_errors.labels(PROTOCOL)
     for fmt in FORMATS:
         request_seconds.labels(fmt)
         for status in STATUSES:
