@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,8 +103,15 @@ class Published:
         }
 
 
-async def read_published(kafka: str, *, ends: int, within: float = 30.0) -> Published:
-    """Consume both topics from the start until ``ends`` end records have been seen."""
+async def read_published(
+    kafka: str,
+    *,
+    ends: int,
+    within: float = 30.0,
+    until: Callable[[Published], bool] | None = None,
+) -> Published:
+    """Consume both topics from the start until ``ends`` end records have been seen (and
+    ``until`` holds, when given)."""
     out = Published()
     consumer = AIOKafkaConsumer(
         str(Topic.CHUNKS), str(Topic.SESSIONS), bootstrap_servers=kafka,
@@ -113,7 +120,7 @@ async def read_published(kafka: str, *, ends: int, within: float = 30.0) -> Publ
     await consumer.start()
     try:
         async with asyncio.timeout(within):
-            while len(out.ends) < ends:
+            while len(out.ends) < ends or (until is not None and not until(out)):
                 batch = await consumer.getmany(timeout_ms=200)
                 for records in batch.values():
                     for record in records:

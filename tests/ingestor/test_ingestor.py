@@ -149,7 +149,9 @@ async def test_silent_connection_times_out(kafka: str) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", ingestor.port)
         assert await asyncio.wait_for(reader.read(), 5) == b"\x00\x00\x00\x00"  # CLOSE, EOF
         writer.close()
-    published = await read_published(kafka, ends=0)
+    published = await read_published(
+        kafka, ends=0, until=lambda p: any(isinstance(e, wire.Closed) for e in p.sessions)
+    )
     closed = [e for e in published.sessions if isinstance(e, wire.Closed)]
     assert closed and closed[0].reason == "no INIT within 0.3 s" and not closed[0].clean
 
