@@ -58,6 +58,10 @@ class RawHeader(StrEnum):
     RECEIVED_AT = "fg-received-at"
     #: The protocol's message type, decimal (DMT: 0 hello, 4 data records, 16 fixed records).
     MESSAGE_TYPE = "fg-message-type"
+    #: On a record: the HELLO message of the session that carried it, exactly as the device
+    #: sent it, in hex (DMT). With it each record can be forwarded on its own, as the device
+    #: would send it (raw TCP forwarding), wherever a consumer starts reading.
+    HELLO = "fg-hello"
 
 
 def record_id(protocol: str, imei: str, sequence: int, device_time: datetime | None) -> str:

@@ -123,13 +123,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def lag_monitors(settings: ConnectorSettings, config: ConnectorConfig) -> list[LagMonitor]:
-    """One per enabled endpoint: its group on the files topic and the retry tiers."""
+    """One per enabled endpoint: its group on the files topic and the retry tiers (a raw
+    TCP forwarding endpoint: on the Digital Matter raw topic)."""
     topics = [str(Topic.FILES), *config.retry.topics]
     return [
         LagMonitor(
             settings.kafka_bootstrap,
             f"{settings.connector_group_prefix}-{e.name}",
-            topics,
+            [str(Topic.DMT_RAW)] if e.forwards else topics,
             interval=settings.lag_interval_seconds,
             client_kwargs=client_kwargs(settings),
         )
@@ -138,11 +139,19 @@ def lag_monitors(settings: ConnectorSettings, config: ConnectorConfig) -> list[L
 
 
 def _replay(args: argparse.Namespace, settings: ConnectorSettings, config: ConnectorConfig) -> int:
-    if config.endpoint(args.endpoint) is None:
+    endpoint = config.endpoint(args.endpoint)
+    if endpoint is None:
         names = ", ".join(e.name for e in config.endpoints)
         print(
             f"fleetgate connector replay: no endpoint {args.endpoint!r} in the config "
             f"(there are: {names})",
+            file=sys.stderr,
+        )
+        return 2
+    if endpoint.forwards:
+        print(
+            f"fleetgate connector replay: {args.endpoint!r} forwards raw TCP; replay delivers "
+            "webhooks only (its dead letters keep each record's bytes: raw_hex, hello_hex)",
             file=sys.stderr,
         )
         return 2

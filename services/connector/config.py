@@ -290,9 +290,15 @@ def disallowed_address(host: str) -> str | None:
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_-]{1,100}$")]
 
 
+#: Endpoint options that only mean something for an HTTP endpoint: a ``tcp://`` one (raw
+#: forwarding, ``format: dmt``) refuses them rather than ignore them.
+HTTP_ONLY = ("secrets", "auth", "headers", "tls", "rate_limit_per_second", "batch")
+
+
 class Endpoint(_Strict):
     name: Name
     url: str
+    format: Literal["fleetgate", "oem", "dmt"] = "fleetgate"
     secrets: list[Secret] = Field(default_factory=list, max_length=10)
     auth: Auth | None = None
     headers: dict[str, str] = Field(default_factory=dict)
@@ -312,8 +318,16 @@ class Endpoint(_Strict):
             url = httpx.URL(value)
         except httpx.InvalidURL as exc:
             raise ValueError(f"not a URL: {exc}") from None
+        if url.scheme == "tcp":
+            if not url.host or url.port is None or url.raw_path not in (b"", b"/"):
+                raise ValueError("a tcp:// URL is tcp://host:port, nothing more")
+            if url.query or url.fragment or url.userinfo:
+                raise ValueError("a tcp:// URL is tcp://host:port, nothing more")
+            return value
         if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError("must be an http:// or https:// URL with a host")
+            raise ValueError(
+                "must be an http:// or https:// URL with a host (tcp://host:port: raw forwarding)"
+            )
         return value
 
     @field_validator("headers")
@@ -328,8 +342,37 @@ class Endpoint(_Strict):
                 raise ValueError(f"the value of {name!r} contains a line break")
         return value
 
+    @property
+    def forwards(self) -> bool:
+        """Raw TCP forwarding (``url: tcp://...``, ``format: dmt``), not webhooks."""
+        return self.format == "dmt"
+
     @model_validator(mode="after")
     def _checks(self) -> Endpoint:
+        tcp = httpx.URL(self.url).scheme == "tcp"
+        if tcp and self.format != "dmt":
+            raise ValueError(
+                "a tcp:// url forwards Digital Matter's binary protocol: set 'format: dmt'"
+            )
+        if self.format == "dmt" and not tcp:
+            raise ValueError("'format: dmt' forwards over raw TCP: the url must be tcp://host:port")
+        if tcp:
+            given = [name for name in HTTP_ONLY if name in self.model_fields_set]
+            if given:
+                raise ValueError(
+                    f"{', '.join(repr(n) for n in given)}: HTTP options, meaningless for a "
+                    "tcp:// endpoint (raw forwarding)"
+                )
+            f = self.filter
+            if f.cameras is not None or f.media is not None:
+                raise ValueError(
+                    "filter 'cameras'/'media' select files; a tcp:// endpoint forwards "
+                    "Digital Matter records only"
+                )
+            if f.types is not None and f.types != ["record"]:
+                raise ValueError(
+                    "filter 'types': a tcp:// endpoint forwards records only (types: [record])"
+                )
         if self.auth is not None and any(h.lower() == "authorization" for h in self.headers):
             raise ValueError("give either 'auth' or an 'Authorization' header, not both")
         if not self.allow_private_network:

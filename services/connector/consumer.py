@@ -55,6 +55,7 @@ from . import metrics
 from .config import ConnectorConfig, Endpoint
 from .delivery import Attempt, EndpointClient, Verdict
 from .events import Deliverable, accepts, decode_event, source_topics, webhook_body
+from .forward import ForwardWorker
 from .presign import Presigner
 from .protection import CircuitBreaker, Permit
 from .retry import DeadLetterNow, RetryState, Schedule, next_step, utc
@@ -631,7 +632,12 @@ async def serve(settings: ConnectorSettings, config: ConnectorConfig, stop: asyn
     publisher = Publisher(settings)
     await publisher.start()
     try:
-        workers = [EndpointWorker(e, settings, config, presigner, publisher) for e in endpoints]
+        workers = [
+            ForwardWorker(e, settings, config, publisher)
+            if e.forwards  # raw TCP forwarding (url tcp://, format dmt)
+            else EndpointWorker(e, settings, config, presigner, publisher)
+            for e in endpoints
+        ]
         tasks = [asyncio.create_task(w.run(stop), name=f"endpoint-{w.name}") for w in workers]
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         stop.set()
