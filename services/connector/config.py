@@ -22,6 +22,9 @@
         circuit_breaker: {failures: 5, open_seconds: 30}
         allow_private_network: false
         enabled: true
+      - name: tg                       # raw TCP forwarding of Digital Matter records
+        url: tcp://dmt.example.com:5000  # needs format: dmt; HTTP options are refused
+        format: dmt
 
 ``${NAME}`` anywhere in a string value is replaced by the environment variable ``NAME`` when the
 file is loaded (``$${NAME}`` stays a literal ``${NAME}``); an unset variable is an error.
