@@ -22,6 +22,7 @@ from runtime.metrics import Readiness, kafka_check
 
 from .config import ConfigError, ConnectorConfig, load_config
 from .consumer import serve
+from .forward.replay import replay_forward
 from .replay import replay
 from .settings import ConnectorSettings
 
@@ -148,29 +149,34 @@ def _replay(args: argparse.Namespace, settings: ConnectorSettings, config: Conne
             file=sys.stderr,
         )
         return 2
-    if endpoint.forwards:
-        print(
-            f"fleetgate connector replay: {args.endpoint!r} forwards raw TCP; replay delivers "
-            "webhooks only (its dead letters keep each record's bytes: raw_hex, hello_hex)",
-            file=sys.stderr,
-        )
-        return 2
     if args.until is not None and args.since is None:
         print("fleetgate connector replay: --until needs --since", file=sys.stderr)
         return 2
     if args.attempts < 1:
         print("fleetgate connector replay: --attempts must be at least 1", file=sys.stderr)
         return 2
-    report = asyncio.run(
-        replay(
-            settings,
-            config,
-            args.endpoint,
-            since=args.since,
-            until=args.until,
-            attempts=args.attempts,
+    if endpoint.forwards:  # raw TCP forwarding: the records' own bytes, per device in order
+        report = asyncio.run(
+            replay_forward(
+                settings,
+                config,
+                endpoint,
+                since=args.since,
+                until=args.until,
+                attempts=args.attempts,
+            )
         )
-    )
+    else:
+        report = asyncio.run(
+            replay(
+                settings,
+                config,
+                args.endpoint,
+                since=args.since,
+                until=args.until,
+                attempts=args.attempts,
+            )
+        )
     print(report.summary())
     for failure in report.failures:
         print(f"  failed: {failure}")

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer
 
+from connector.forward.replay import replay_forward
 from contracts import Topic
 from contracts.records import RawHeader, TelemetryRecord
 from dmtproto import Hello, MessageType, encode, encode_hello
@@ -245,3 +247,22 @@ async def test_a_server_that_never_commits_gets_retries_then_dead_letters(kafka:
         assert letter.hello_hex == hello.hex()
         assert letter.source is not None and letter.source.startswith(str(Topic.DMT_RAW))
     assert metric("fleetgate_connector_dead_letters_total", endpoint="mute") == 2
+    # Once the server works, a replay sends the dead letters from their own bytes, once.
+    fixed = await DmServer(server.port).start()
+    endpoint = config.endpoint("mute")
+    assert endpoint is not None
+    try:
+        report = await replay_forward(settings(kafka), config, endpoint)
+        assert (report.delivered, report.failed, report.already) == (2, 0, 0), report.summary()
+        again = await replay_forward(settings(kafka), config, endpoint)
+        assert (again.delivered, again.already) == (0, 2), again.summary()
+        # --since: every record of the raw topic in the range, again.
+        since = await replay_forward(
+            settings(kafka), config, endpoint, since=datetime(2026, 1, 1, tzinfo=UTC)
+        )
+        assert (since.delivered, since.failed) == (2, 0), since.summary()
+    finally:
+        await fixed.stop()
+    assert fixed.devices[A].hellos == [hello, hello]
+    assert fixed.devices[A].records == sent + sent
+    assert fixed.committed(A) == sent + sent
