@@ -87,7 +87,7 @@ async def test_every_record_reaches_the_server_byte_for_byte(kafka: str) -> None
     b.hello_message = _with_junk(b.hello)
     sent_a, sent_b = record_bytes(list(a.pending)), record_bytes(list(b.pending))
     server = await DmServer().start()
-    config = config_of({"name": "tg", "url": server.url, "format": "dmt"})
+    config = config_of({"name": "fwd-tg", "url": server.url, "format": "dmt"})
     try:
         async with ingestor_running(kafka) as (ingestor, _), running(settings(kafka), config):
             port = _port(ingestor)
@@ -99,7 +99,7 @@ async def test_every_record_reaches_the_server_byte_for_byte(kafka: str) -> None
             )
             # Two sessions in, 14 messages (2 HELLOs, 12 records) on the raw topic: the
             # connector commits its offsets only now that the server committed.
-            await _all_committed(kafka, "fleetgate-connector-tg", 14)
+            await _all_committed(kafka, "fleetgate-connector-fwd-tg", 14)
     finally:
         await server.stop()
     # The HELLO each device sent, byte for byte (the 51-byte one too).
@@ -125,9 +125,9 @@ async def test_every_record_reaches_the_server_byte_for_byte(kafka: str) -> None
         assert b"".join(middles) == b"".join(published)
     assert published[0] == encode(MessageType.DATA_RECORDS, sent_b[0])  # B's split message
     assert not server.errors
-    assert metric("fleetgate_connector_forward_records_total", endpoint="tg") == 12
-    sessions = metric("fleetgate_connector_forward_sessions_total", endpoint="tg", result="success")
-    assert sessions >= 2
+    assert metric("fleetgate_connector_forward_records_total", endpoint="fwd-tg") == 12
+    sessions = "fleetgate_connector_forward_sessions_total"
+    assert metric(sessions, endpoint="fwd-tg", result="success") >= 2
 
 
 async def test_a_target_down_for_a_while_loses_nothing(kafka: str) -> None:
@@ -142,7 +142,7 @@ async def test_a_target_down_for_a_while_loses_nothing(kafka: str) -> None:
     a.pending = a.pending[:3]
     config = config_of(
         {
-            "name": "down",
+            "name": "fwd-down",
             "url": server.url,
             "format": "dmt",
             "timeout_seconds": 2,
@@ -150,11 +150,11 @@ async def test_a_target_down_for_a_while_loses_nothing(kafka: str) -> None:
         },
         retry={"schedule": ["200ms", "500ms", "1s"], "max_age": "2m", "jitter": 0.1},
     )
-    group = "fleetgate-connector-down"
+    group = "fleetgate-connector-fwd-down"
 
     def failures() -> float:
         return metric(
-            "fleetgate_connector_forward_sessions_total", endpoint="down", result="failure"
+            "fleetgate_connector_forward_sessions_total", endpoint="fwd-down", result="failure"
         )
 
     try:
@@ -163,7 +163,7 @@ async def test_a_target_down_for_a_while_loses_nothing(kafka: str) -> None:
             async with running(settings(kafka), config):
                 await wait_for(lambda: failures() >= 2, "two failed sessions")
                 await wait_for(
-                    lambda: metric("fleetgate_connector_circuit_state", endpoint="down") == 2,
+                    lambda: metric("fleetgate_connector_circuit_state", endpoint="fwd-down") == 2,
                     "the circuit breaker open",
                 )
             # Stopped without a delivery: nothing committed, so a restart starts over.
@@ -184,7 +184,7 @@ async def test_a_target_down_for_a_while_loses_nothing(kafka: str) -> None:
         await server.stop()
     assert server.devices[A].records == sent_a  # in order, none twice
     assert server.devices[B].records == sent_b
-    assert metric("fleetgate_connector_dead_letters_total", endpoint="down") == 0
+    assert metric("fleetgate_connector_dead_letters_total", endpoint="fwd-down") == 0
 
 
 async def test_a_forward_and_a_webhook_endpoint_both_get_everything(kafka: str) -> None:
@@ -196,8 +196,8 @@ async def test_a_forward_and_a_webhook_endpoint_both_get_everything(kafka: str) 
         with receivers() as receiver:
             hook = receiver()
             config = config_of(
-                {"name": "split-tcp", "url": server.url, "format": "dmt"},
-                {"name": "split-http", "url": hook.url, "filter": {"types": ["record"]}},
+                {"name": "fwd-split-tcp", "url": server.url, "format": "dmt"},
+                {"name": "fwd-split-http", "url": hook.url, "filter": {"types": ["record"]}},
             )
             async with ingestor_running(kafka) as (ingestor, _), running(settings(kafka), config):
                 await upload(_port(ingestor), device)
@@ -219,15 +219,15 @@ async def test_a_server_that_never_commits_gets_retries_then_dead_letters(kafka:
     hello = encode_hello(device.hello)
     server = await DmServer(commits=False).start()
     config = config_of(
-        {"name": "mute", "url": server.url, "format": "dmt", "timeout_seconds": 0.3},
+        {"name": "fwd-mute", "url": server.url, "format": "dmt", "timeout_seconds": 0.3},
         retry={"schedule": ["200ms", "500ms"], "max_age": "2s", "jitter": 0.1},
     )
     try:
         async with ingestor_running(kafka) as (ingestor, _), running(settings(kafka), config):
             await upload(_port(ingestor), device)
-            letters = await wait_dead_letters(kafka, "mute", 2)
+            letters = await wait_dead_letters(kafka, "fwd-mute", 2)
             # Parked, so done: the offsets move on.
-            await _all_committed(kafka, "fleetgate-connector-mute", 3)
+            await _all_committed(kafka, "fleetgate-connector-fwd-mute", 3)
     finally:
         await server.stop()
     assert server.connections >= 2  # retried
@@ -246,10 +246,10 @@ async def test_a_server_that_never_commits_gets_retries_then_dead_letters(kafka:
         assert letter.raw_hex == encode(MessageType.DATA_RECORDS, record).hex()
         assert letter.hello_hex == hello.hex()
         assert letter.source is not None and letter.source.startswith(str(Topic.DMT_RAW))
-    assert metric("fleetgate_connector_dead_letters_total", endpoint="mute") == 2
+    assert metric("fleetgate_connector_dead_letters_total", endpoint="fwd-mute") == 2
     # Once the server works, a replay sends the dead letters from their own bytes, once.
     fixed = await DmServer(server.port).start()
-    endpoint = config.endpoint("mute")
+    endpoint = config.endpoint("fwd-mute")
     assert endpoint is not None
     try:
         report = await replay_forward(settings(kafka), config, endpoint)
