@@ -43,11 +43,15 @@ class Received:
 
 class DmServer:
     """A third-party Digital Matter server: the project's own protocol core in the server
-    role, on 127.0.0.1. ``commits`` False: it never answers a commit request."""
+    role, on 127.0.0.1. ``commits`` False: it never answers a commit request; ``refuse``:
+    IMEIs whose commit requests it never answers."""
 
-    def __init__(self, port: int = 0, *, commits: bool = True) -> None:
+    def __init__(
+        self, port: int = 0, *, commits: bool = True, refuse: frozenset[str] = frozenset()
+    ) -> None:
         self.port = port
         self.commits = commits
+        self.refuse = refuse
         self.devices: dict[str, Received] = {}
         self.connections = 0
         self.errors: list[str] = []
@@ -81,6 +85,7 @@ class DmServer:
         loop = asyncio.get_running_loop()
         conn = ServerConnection(now=loop.time(), unix_time=time.time())
         seen: Received | None = None
+        imei = ""
         uncommitted: list[bytes] = []
         stream = bytearray()
         try:
@@ -88,13 +93,18 @@ class DmServer:
                 stream += data
                 for event in conn.receive_data(data, loop.time()):
                     if isinstance(event, HelloReceived):
-                        seen = self.devices.setdefault(event.imei, Received())
+                        imei = event.imei
+                        seen = self.devices.setdefault(imei, Received())
                         seen.hellos.append(event.raw)
                     elif isinstance(event, RecordReceived):
                         assert seen is not None
                         seen.records.append(event.record.raw)
                         uncommitted.append(event.record.raw)
-                    elif isinstance(event, CommitRequested) and self.commits:
+                    elif (
+                        isinstance(event, CommitRequested)
+                        and self.commits
+                        and imei not in self.refuse
+                    ):
                         assert seen is not None
                         conn.commit()
                         seen.committed += uncommitted

@@ -9,10 +9,12 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.partitioner import murmur2
 
 from connector.forward.replay import replay_forward
 from contracts import Topic
 from contracts.records import RawHeader, TelemetryRecord
+from devstack.infra import DEFAULT_PARTITIONS
 from dmtproto import Hello, MessageType, encode, encode_hello
 from ingestor.server import Ingestor
 from tests.connector.connector_helpers import (
@@ -166,8 +168,10 @@ async def test_a_target_down_for_a_while_loses_nothing(kafka: str) -> None:
                     lambda: metric("fleetgate_connector_circuit_state", endpoint="fwd-down") == 2,
                     "the circuit breaker open",
                 )
-            # Stopped without a delivery: nothing committed, so a restart starts over.
-            assert await committed_offsets(kafka, group, str(Topic.DMT_RAW)) in ({}, {0: 0})
+            # Stopped without a delivery: nothing committed past the HELLO (offset 0, nothing
+            # to send), so a restart starts over at the first record.
+            held = await committed_offsets(kafka, group, str(Topic.DMT_RAW))
+            assert all(offset <= 1 for offset in held.values()), held
             a.pending = a_later
             await upload(_port(ingestor), a)
             await upload(_port(ingestor), b)
@@ -185,6 +189,58 @@ async def test_a_target_down_for_a_while_loses_nothing(kafka: str) -> None:
     assert server.devices[A].records == sent_a  # in order, none twice
     assert server.devices[B].records == sent_b
     assert metric("fleetgate_connector_dead_letters_total", endpoint="fwd-down") == 0
+
+
+def _same_partition() -> tuple[str, str]:
+    """Two IMEIs whose raw-topic records share a partition (Kafka's default partitioner)."""
+    partitions = DEFAULT_PARTITIONS[Topic.DMT_RAW]
+    first = A.encode()
+    for n in range(1000):
+        other = f"35209308{n:07d}"
+        if other != A and _partition(other.encode(), partitions) == _partition(first, partitions):
+            return A, other
+    raise AssertionError("no two IMEIs in one partition")
+
+
+def _partition(key: bytes, partitions: int) -> int:
+    hashed: int = murmur2(key)
+    return (hashed & 0x7FFFFFFF) % partitions
+
+
+async def test_a_device_the_server_refuses_holds_back_no_other(kafka: str) -> None:
+    """Two devices in one Kafka partition: the server never commits the first one's records,
+    the second one's are delivered all the same; the offset stays before the first's."""
+    stuck_imei, other_imei = _same_partition()
+    stuck, other = tracker(stuck_imei, records=3), tracker(other_imei, records=3, serial=9)
+    sent_other = record_bytes(list(other.pending))
+    server = await DmServer(refuse=frozenset({stuck_imei})).start()
+    config = config_of(
+        {"name": "fwd-stuck", "url": server.url, "format": "dmt", "timeout_seconds": 0.3},
+        retry={"schedule": ["200ms", "500ms"], "max_age": "2m", "jitter": 0.1},
+    )
+    group = "fleetgate-connector-fwd-stuck"
+    try:
+        async with ingestor_running(kafka) as (ingestor, _), running(settings(kafka), config):
+            await upload(_port(ingestor), stuck)  # offsets 0 (HELLO), 1..3
+            await upload(_port(ingestor), other)  # offsets 4 (HELLO), 5..7
+            await wait_for(
+                lambda: server.committed(other_imei) == sent_other,
+                "the other device's records delivered while the first one's wait",
+            )
+            partition = _partition(stuck_imei.encode(), DEFAULT_PARTITIONS[Topic.DMT_RAW])
+
+            async def held_at_the_stuck_record() -> bool:
+                # One partition only (both devices share it), committed up to the stuck record.
+                offsets = await committed_offsets(kafka, group, str(Topic.DMT_RAW))
+                return offsets == {partition: 1}
+
+            await eventually_async(held_at_the_stuck_record, 20, "the offset held at 1")
+            assert server.devices[stuck_imei].records and not server.committed(stuck_imei)
+    finally:
+        await server.stop()
+    raw = await _raw_topic(kafka, 8)
+    assert {key for key, _, _ in raw} == {stuck_imei.encode(), other_imei.encode()}
+    assert metric("fleetgate_connector_dead_letters_total", endpoint="fwd-stuck") == 0
 
 
 async def test_a_forward_and_a_webhook_endpoint_both_get_everything(kafka: str) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from connector.config import ConfigError, parse_config
-from connector.forward.plan import Item, Target, Unusable, read_item, runs
+from connector.forward.plan import Item, Offsets, Target, Unusable, read_item, runs
 from connector.forward.session import forward
 from contracts.records import RawHeader
 from dmtproto import (
@@ -286,3 +286,20 @@ async def test_nobody_listening_and_a_private_destination() -> None:
     refused = await forward(target, tracker(records=1), wait_seconds=1)
     assert refused.refused and refused.alive is None and refused.sent_bytes == 0
     assert refused.error is not None and "127.0.0.1 is a loopback address" in refused.error
+
+
+def test_offsets_commit_up_to_the_oldest_unfinished_record() -> None:
+    offsets = Offsets()
+    assert offsets.committable is None
+    offsets.add(range(10, 16))
+    offsets.finish([10])  # a HELLO: nothing to send
+    assert offsets.committable == 11 and offsets.open == 5
+    offsets.finish([13, 14, 15])  # another device's records, done first
+    assert offsets.committable == 11 and len(offsets) == 5
+    offsets.finish([12])
+    assert offsets.committable == 11
+    offsets.finish([11])  # the stuck device's record: everything behind it goes too
+    assert offsets.committable == 16 and len(offsets) == 0 and offsets.open == 0
+    offsets.add([16, 17])
+    offsets.finish([17])
+    assert offsets.committable == 16 and len(offsets) == 2

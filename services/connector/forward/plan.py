@@ -9,7 +9,8 @@ worker saw for its device, if any.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -28,7 +29,7 @@ from dmtproto import (
     decode_message_records,
 )
 
-__all__ = ["DeviceRun", "Item", "Target", "Unusable", "read_item", "runs"]
+__all__ = ["DeviceRun", "Item", "Offsets", "Target", "Unusable", "read_item", "runs"]
 
 _HEADER_SIZE = 5
 
@@ -67,6 +68,7 @@ class Item:
     hello: bytes
     record_id: str
     source: str
+    offset: int = -1
     session_id: str = ""
     ingestor: str = ""
     received_at: datetime | None = None
@@ -100,6 +102,7 @@ def read_item(
     headers: Sequence[tuple[str, bytes]],
     source: str,
     hellos: dict[str, bytes],
+    offset: int = -1,
 ) -> Item | None:
     """The record of one raw-topic record; None for a HELLO (remembered in ``hellos``, per
     IMEI, for records without ``fg-hello``). Raises Unusable with the reason."""
@@ -142,6 +145,7 @@ def read_item(
             else record_id(PROTOCOL, imei, record.sequence, record.device_time)
         ),
         source=source,
+        offset=offset,
         session_id=meta.get(RawHeader.SESSION, b"").decode("utf-8", "replace"),
         ingestor=meta.get(RawHeader.INGESTOR, b"").decode("utf-8", "replace"),
         received_at=(
@@ -153,11 +157,53 @@ def read_item(
 @dataclass(slots=True)
 class DeviceRun:
     """Consecutive records of one device with the same HELLO: one forwarding session (and
-    its retries). ``items`` shrinks as the server commits."""
+    its retries). ``items`` shrinks as the server commits; ``offsets`` stays: the Kafka
+    offsets the run finishes."""
 
     imei: str
     hello: bytes
     items: list[Item] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+
+
+class Offsets:
+    """One partition's offsets in hand, in order, and which are finished: what may be
+    committed is everything before the oldest unfinished one. Devices finish out of order
+    (one waits for a server that refuses it while the others go on), the commit never
+    passes a record still in hand."""
+
+    __slots__ = ("_done", "_open", "_order", "committable")
+
+    def __init__(self) -> None:
+        self._order: deque[int] = deque()
+        self._done: set[int] = set()
+        self._open = 0
+        #: The offset to commit (the next one after everything finished), None before any.
+        self.committable: int | None = None
+
+    def __len__(self) -> int:
+        """Offsets in hand from the oldest unfinished one on (finished ones behind it too)."""
+        return len(self._order)
+
+    @property
+    def open(self) -> int:
+        """Offsets not finished."""
+        return self._open
+
+    def add(self, offsets: Iterable[int]) -> None:
+        for offset in offsets:
+            self._order.append(offset)
+            self._open += 1
+
+    def finish(self, offsets: Iterable[int]) -> None:
+        for offset in offsets:
+            self._done.add(offset)
+            self._open -= 1
+        order, done = self._order, self._done
+        while order and order[0] in done:
+            offset = order.popleft()
+            done.discard(offset)
+            self.committable = offset + 1
 
 
 def runs(items: Sequence[Item]) -> dict[str, list[DeviceRun]]:
@@ -169,4 +215,5 @@ def runs(items: Sequence[Item]) -> dict[str, list[DeviceRun]]:
         if not device or device[-1].hello != item.hello:
             device.append(DeviceRun(item.imei, item.hello))
         device[-1].items.append(item)
+        device[-1].offsets.append(item.offset)
     return out

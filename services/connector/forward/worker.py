@@ -1,11 +1,14 @@
 """The Kafka side of raw TCP forwarding: one consumer group per endpoint on
 ``fleetgate.dmt.raw.v1``, offsets committed only for what the server committed (or parked).
 
-Each partition is handled one batch at a time (the partition is paused meanwhile, while the
-main loop keeps polling, so group membership stays alive however long a wait lasts). A batch
-splits into per-device runs (:func:`.plan.runs`): devices go concurrently (at most
-``max_concurrency`` connections), one device's runs one after the other, so every device's
-records reach the server in order. The batch's offset is committed once every run is done.
+Each fetched batch splits into per-device runs (:func:`.plan.runs`). Every device has a chain
+of its runs, each starting when the one before it is done, so its records reach the server
+in the order it sent them; devices are independent of each other (at most
+``max_concurrency`` connections at once), so a device the server keeps refusing holds back
+no other. A partition's offset is committed (every second, on revocation and at shutdown)
+up to its oldest record not finished yet (:class:`.plan.Offsets`); a partition is paused
+while :data:`MAX_AHEAD` of its offsets are in hand, which bounds how far the others run
+ahead of a stuck device.
 
 A failed session is retried in place, not through the retry topics (that would break the
 order per device): after the delay of the next step of the retry schedule (with jitter), the
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Iterable
 from dataclasses import replace
@@ -40,7 +44,7 @@ from ..protection import CircuitBreaker
 from ..retry import DeadLetterNow, RetryState, Schedule, next_step, utc
 from ..settings import ConnectorSettings
 from . import metrics
-from .plan import DeviceRun, Item, Target, Unusable, hello_of, read_item, runs
+from .plan import DeviceRun, Item, Offsets, Target, Unusable, hello_of, read_item, runs
 from .session import Outcome, forward
 
 __all__ = ["DeadLetterSink", "ForwardWorker"]
@@ -49,6 +53,11 @@ _log = structlog.get_logger("fleetgate.connector.forward")
 
 #: How long the main loop waits for records before looking at ``stop`` again.
 POLL_MS = 200
+#: What was finished is committed this often.
+COMMIT_INTERVAL = 1.0
+#: A partition is paused while this many of its offsets are in hand, counted from its oldest
+#: unfinished record (one device waiting for the server lets the others run this far ahead).
+MAX_AHEAD = 20_000
 
 
 class DeadLetterSink(Protocol):
@@ -124,8 +133,13 @@ class ForwardWorker:
         self._connections = asyncio.Semaphore(endpoint.max_concurrency)
         #: The last HELLO read per device, for records without the ``fg-hello`` header.
         self._hellos: dict[str, bytes] = {}
-        self._tasks: dict[TopicPartition, asyncio.Task[None]] = {}
-        self._finished: dict[TopicPartition, int] = {}
+        #: Per partition: its offsets in hand, and the tasks forwarding its runs.
+        self._offsets: dict[TopicPartition, Offsets] = {}
+        self._tasks: dict[TopicPartition, set[asyncio.Task[bool]]] = {}
+        #: Per device: the task of its latest run (the next one waits for it).
+        self._chains: dict[str, asyncio.Task[bool]] = {}
+        self._paused: set[TopicPartition] = set()
+        self._failure: BaseException | None = None
         self._committed: dict[TopicPartition, int] = {}
         self._commit_lock = asyncio.Lock()
 
@@ -134,6 +148,7 @@ class ForwardWorker:
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
         self.consumer.subscribe([str(Topic.DMT_RAW)], listener=_Rebalance(self))
+        committer = asyncio.create_task(self._commit_periodically())
         try:
             await self.consumer.start()
             _log.info(
@@ -145,38 +160,70 @@ class ForwardWorker:
                 )
                 for tp, records in batch.items():
                     if records:
-                        self.consumer.pause(tp)
-                        self._tasks[tp] = asyncio.create_task(self._drain(tp, records))
-                for tp, task in list(self._tasks.items()):
-                    if task.done():
-                        del self._tasks[tp]
-                        if not task.cancelled() and (exc := task.exception()) is not None:
-                            raise exc
+                        self._take(tp, records)
+                if self._failure is not None:
+                    raise self._failure
         finally:
-            await self._shutdown()
+            await self._shutdown(committer)
 
-    async def _drain(self, tp: TopicPartition, records: list[Any]) -> None:
-        """Forward one partition's batch; commit its offset once all of it is done."""
+    def _take(self, tp: TopicPartition, records: list[Any]) -> None:
+        """Start forwarding one partition's batch: each device's runs after its earlier ones."""
+        offsets = self._offsets.setdefault(tp, Offsets())
+        offsets.add(record.offset for record in records)
         items: list[Item] = []
+        nothing_to_send: list[int] = []
         for record in records:
             item = self._read(record)
-            if item is not None:
+            if item is None:
+                nothing_to_send.append(record.offset)
+            else:
                 items.append(item)
-        devices = runs(items)
-        done = await asyncio.gather(*(self._device(device) for device in devices.values()))
-        if not all(done):
-            return  # stopping: commit nothing of this batch
-        self._finished[tp] = records[-1].offset + 1
-        await self._commit()
-        if self._tasks.get(tp) is asyncio.current_task():
-            del self._tasks[tp]
-        if not self._stop.is_set() and tp in self.consumer.assignment():
-            self.consumer.resume(tp)
+        offsets.finish(nothing_to_send)
+        for device_runs in runs(items).values():
+            for run in device_runs:
+                previous = self._chains.get(run.imei)
+                task = asyncio.create_task(self._after(previous, tp, run))
+                self._chains[run.imei] = task
+                self._tasks.setdefault(tp, set()).add(task)
+                task.add_done_callback(functools.partial(self._ended, tp, run.imei))
+        if len(offsets) >= MAX_AHEAD:
+            self.consumer.pause(tp)
+            self._paused.add(tp)
+
+    def _ended(self, tp: TopicPartition, imei: str, task: asyncio.Task[bool]) -> None:
+        self._tasks.get(tp, set()).discard(task)
+        if self._chains.get(imei) is task:
+            del self._chains[imei]
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._failure = self._failure or exc
+
+    async def _after(
+        self, previous: asyncio.Task[bool] | None, tp: TopicPartition, run: DeviceRun
+    ) -> bool:
+        """Forward ``run`` once the device's run before it is done; False if stopped."""
+        if previous is not None and not await previous:
+            return False
+        if not await self._forward(run):
+            return False
+        offsets = self._offsets.get(tp)
+        if offsets is not None:  # None: revoked meanwhile
+            offsets.finish(run.offsets)
+            if (
+                tp in self._paused
+                and len(offsets) < MAX_AHEAD // 2
+                and not self._stop.is_set()
+                and tp in self.consumer.assignment()
+            ):
+                self.consumer.resume(tp)
+                self._paused.discard(tp)
+        return True
 
     def _read(self, record: Any) -> Item | None:
         source = f"{record.topic}/{record.partition}/{record.offset}"
         try:
-            item = read_item(record.key, record.value, record.headers, source, self._hellos)
+            item = read_item(
+                record.key, record.value, record.headers, source, self._hellos, record.offset
+            )
         except Unusable as exc:
             connector_metrics.skipped.labels(self.name).inc()
             _log.error("record_skipped", endpoint=self.name, source=source, reason=str(exc))
@@ -185,12 +232,6 @@ class ForwardWorker:
             connector_metrics.filtered.labels(self.name).inc()
             return None
         return item
-
-    async def _device(self, device_runs: list[DeviceRun]) -> bool:
-        for run in device_runs:
-            if not await self._forward(run):
-                return False
-        return True
 
     # --- one run: attempts, retries, dead letters ----------------------------------------
 
@@ -323,11 +364,12 @@ class ForwardWorker:
         assigned = self.consumer.assignment()
         wanted = None if only is None else set(only)
         offsets = {
-            tp: offset
-            for tp, offset in self._finished.items()
-            if tp in assigned
+            tp: done.committable
+            for tp, done in self._offsets.items()
+            if done.committable is not None
+            and tp in assigned
             and (wanted is None or tp in wanted)
-            and self._committed.get(tp, -1) < offset
+            and self._committed.get(tp, -1) < done.committable
         }
         if not offsets:
             return
@@ -339,26 +381,36 @@ class ForwardWorker:
         for tp, offset in offsets.items():
             self._committed[tp] = max(offset, self._committed.get(tp, -1))
 
+    async def _commit_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(COMMIT_INTERVAL)
+            await self._commit()
+
     async def revoke(self, revoked: set[TopicPartition]) -> None:
         """Partitions go to another replica: abandon their work, commit what was finished."""
-        tasks = [task for tp in revoked if (task := self._tasks.pop(tp, None)) is not None]
+        tasks = [task for tp in revoked for task in self._tasks.pop(tp, set())]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # Not under the commit lock: a periodic commit may be waiting on this very rebalance.
         await self._commit_now(revoked)
         for tp in revoked:
-            self._finished.pop(tp, None)
+            self._offsets.pop(tp, None)
             self._committed.pop(tp, None)
+            self._paused.discard(tp)
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self, committer: asyncio.Task[None]) -> None:
         """Let sessions in flight finish for the grace period, commit what was done, leave."""
-        tasks = list(self._tasks.values())
+        tasks = [task for group in self._tasks.values() for task in group]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_seconds)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        committer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await committer
         try:
             await self._commit()
         finally:
