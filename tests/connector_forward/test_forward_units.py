@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 
+from connector.cli import lag_monitors
 from connector.config import ConfigError, parse_config
 from connector.forward.plan import Item, Offsets, Target, Unusable, read_item, runs
 from connector.forward.session import forward
+from connector.settings import ConnectorSettings
+from contracts import Topic
 from contracts.records import RawHeader
 from dmtproto import (
     CommitRequested,
@@ -303,3 +306,15 @@ def test_offsets_commit_up_to_the_oldest_unfinished_record() -> None:
     offsets.add([16, 17])
     offsets.finish([17])
     assert offsets.committable == 16 and len(offsets) == 2
+
+
+def test_the_lag_of_a_forwarding_endpoint_is_on_the_raw_topic() -> None:
+    config = parse_config(
+        "endpoints:\n"
+        "  - {name: fwd-lag, url: 'tcp://dmt.example.com:5000', format: dmt}\n"
+        "  - {name: hook-lag, url: 'https://x.example.com/'}\n"
+    )
+    monitors = lag_monitors(ConnectorSettings(kafka_bootstrap="127.0.0.1:1"), config)
+    by_group = {m.group: m.topics for m in monitors}
+    assert by_group["fleetgate-connector-fwd-lag"] == [str(Topic.DMT_RAW)]
+    assert str(Topic.FILES) in by_group["fleetgate-connector-hook-lag"]
