@@ -54,6 +54,8 @@ class DmServer:
         self.refuse = refuse
         self.devices: dict[str, Received] = {}
         self.connections = 0
+        #: Connections not finished yet (their ``streams`` entry comes at the end).
+        self.open = 0
         self.errors: list[str] = []
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -81,6 +83,7 @@ class DmServer:
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.open += 1
         self._writers.add(writer)
         loop = asyncio.get_running_loop()
         conn = ServerConnection(now=loop.time(), unix_time=time.time())
@@ -118,6 +121,7 @@ class DmServer:
         finally:
             if seen is not None:
                 seen.streams.append(bytes(stream))
+            self.open -= 1
             self._writers.discard(writer)
             writer.close()
             with contextlib.suppress(OSError):

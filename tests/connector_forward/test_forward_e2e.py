@@ -102,6 +102,7 @@ async def test_every_record_reaches_the_server_byte_for_byte(kafka: str) -> None
             # Two sessions in, 14 messages (2 HELLOs, 12 records) on the raw topic: the
             # connector commits its offsets only now that the server committed.
             await _all_committed(kafka, "fleetgate-connector-fwd-tg", 14)
+            await wait_for(lambda: server.open == 0, "the forwarder's connections closed")
     finally:
         await server.stop()
     # The HELLO each device sent, byte for byte (the 51-byte one too).

@@ -20,15 +20,18 @@ from contracts.records import RawHeader
 from dmtproto import (
     CommitRequested,
     DmtDevice,
+    FixedRecord,
     HelloReceived,
     MessageType,
     RecordReceived,
     ServerConnection,
+    decode_fixed_records,
     encode,
     encode_hello,
 )
-from tests.connector_forward.forward_helpers import record_bytes
+from tests.connector_forward.forward_helpers import DmServer, record_bytes, wait_for
 from tests.dmt_e2e.dmt_helpers import tracker
+from tests.dmtproto.dmtproto_helpers import FIXED
 
 IMEI = "352093081234567"
 
@@ -318,3 +321,29 @@ def test_the_lag_of_a_forwarding_endpoint_is_on_the_raw_topic() -> None:
     by_group = {m.group: m.topics for m in monitors}
     assert by_group["fleetgate-connector-fwd-lag"] == [str(Topic.DMT_RAW)]
     assert str(Topic.FILES) in by_group["fleetgate-connector-hook-lag"]
+
+
+async def test_fixed_records_go_as_their_own_messages_too() -> None:
+    """Legacy 64-byte records (0x10) between data records: each the raw topic's message."""
+    device = tracker(records=2)
+    (fixed,) = decode_fixed_records(FIXED)
+    device.pending.insert(1, fixed)
+    messages = [
+        encode(MessageType.DATA_RECORDS, record_bytes([device.pending[0]])[0]),
+        encode(MessageType.FIXED_RECORDS, FIXED),
+        encode(MessageType.DATA_RECORDS, record_bytes([device.pending[2]])[0]),
+    ]
+    hello = encode_hello(device.hello)
+    item = read_item(IMEI.encode(), messages[1], _headers(b"16", hello), "t/0/2", {})
+    assert item is not None and isinstance(item.record, FixedRecord) and item.record.raw == FIXED
+    server = await DmServer().start()
+    try:
+        outcome = await forward(
+            Target("127.0.0.1", server.port), device, wait_seconds=5, allow_private=True
+        )
+        await wait_for(lambda: server.open == 0, "the connection closed at the server")
+    finally:
+        await server.stop()
+    assert outcome.ok and outcome.committed == 3 and not device.pending
+    (stream,) = server.devices[IMEI].streams
+    assert stream == hello + b"".join(messages) + encode(MessageType.COMMIT_REQUEST)
