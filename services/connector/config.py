@@ -301,7 +301,6 @@ HTTP_ONLY = ("secrets", "auth", "headers", "tls", "rate_limit_per_second", "batc
 class Endpoint(_Strict):
     name: Name
     url: str
-    format: Literal["fleetgate", "oem", "dmt"] = "fleetgate"
     secrets: list[Secret] = Field(default_factory=list, max_length=10)
     auth: Auth | None = None
     headers: dict[str, str] = Field(default_factory=dict)
@@ -313,6 +312,7 @@ class Endpoint(_Strict):
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
     allow_private_network: bool = False
     enabled: bool = True
+    format: Literal["fleetgate", "oem", "dmt"] = "fleetgate"
 
     @field_validator("url")
     @classmethod
@@ -352,7 +352,7 @@ class Endpoint(_Strict):
 
     @model_validator(mode="after")
     def _checks(self) -> Endpoint:
-        tcp = httpx.URL(self.url).scheme == "tcp"
+        tcp = self.url.partition(":")[0].lower() == "tcp"  # the url is checked already
         if tcp and self.format != "dmt":
             raise ValueError(
                 "a tcp:// url forwards Digital Matter's binary protocol: set 'format: dmt'"
