@@ -293,6 +293,14 @@ class DeadLetter(_Model):
     event: FileStored | FileFailed | TelemetryRecord = Field(
         description="the file event, or the telemetry record (schema record.v1)"
     )
+    raw_hex: str | None = Field(
+        None,
+        description="raw TCP forwarding (format dmt): the record's message exactly as the "
+        "device sent it, hex",
+    )
+    hello_hex: str | None = Field(
+        None, description="raw TCP forwarding: the HELLO message it was forwarded with, hex"
+    )
 
 
 class ReplayOutcome(_Model):

@@ -67,6 +67,10 @@ class RawHeader(StrEnum):
     FORMAT = "fg-format"
     #: ``fleetgate.dmt.oem.raw.v1``: how many records the body holds, decimal.
     RECORDS = "fg-records"
+    #: On a record: the HELLO message of the session that carried it, exactly as the device
+    #: sent it, in hex (DMT). With it each record can be forwarded on its own, as the device
+    #: would send it (raw TCP forwarding), wherever a consumer starts reading.
+    HELLO = "fg-hello"
 
 
 class RecordSource(StrEnum):

@@ -46,12 +46,18 @@ M = MessageType
 @dataclass(slots=True)
 class DmtDevice:
     """A tracker and the records it still holds. ``committed`` counts records servers
-    committed over all connections."""
+    committed over all connections.
+
+    ``hello_message``, when given, is the whole HELLO message as a real device sent it; each
+    connection sends it instead of encoding ``hello`` (a forwarder replays the device's own
+    bytes, trailing and padding bytes included).
+    """
 
     hello: Hello
     pending: list[Record | FixedRecord] = field(default_factory=list)
     next_sequence: int = 1
     committed: int = 0
+    hello_message: bytes = b""
 
     def log(self, *, time: int, log_reason: int, fields: Sequence[Field] = ()) -> Record:
         """Log a record with the next sequence number; it waits in ``pending``."""
@@ -125,7 +131,7 @@ class DeviceConnection:
         self.in_flight = 0  # records sent and not yet committed
         self.server_time: int | None = None
         self._reader = FrameReader(0xFFFF)
-        self._out = bytearray(encode_hello(device.hello))
+        self._out = bytearray(device.hello_message or encode_hello(device.hello))
 
     @property
     def closed(self) -> bool:

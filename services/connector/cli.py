@@ -22,6 +22,7 @@ from runtime.metrics import Readiness, kafka_check
 
 from .config import ConfigError, ConnectorConfig, load_config
 from .consumer import serve
+from .forward.replay import replay_forward
 from .replay import replay
 from .settings import ConnectorSettings
 
@@ -123,13 +124,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def lag_monitors(settings: ConnectorSettings, config: ConnectorConfig) -> list[LagMonitor]:
-    """One per enabled endpoint: its group on the files topic and the retry tiers."""
+    """One per enabled endpoint: its group on the files topic and the retry tiers (a raw
+    TCP forwarding endpoint: on the Digital Matter raw topic)."""
     topics = [str(Topic.FILES), *config.retry.topics]
     return [
         LagMonitor(
             settings.kafka_bootstrap,
             f"{settings.connector_group_prefix}-{e.name}",
-            topics,
+            [str(Topic.DMT_RAW)] if e.forwards else topics,
             interval=settings.lag_interval_seconds,
             client_kwargs=client_kwargs(settings),
         )
@@ -138,7 +140,8 @@ def lag_monitors(settings: ConnectorSettings, config: ConnectorConfig) -> list[L
 
 
 def _replay(args: argparse.Namespace, settings: ConnectorSettings, config: ConnectorConfig) -> int:
-    if config.endpoint(args.endpoint) is None:
+    endpoint = config.endpoint(args.endpoint)
+    if endpoint is None:
         names = ", ".join(e.name for e in config.endpoints)
         print(
             f"fleetgate connector replay: no endpoint {args.endpoint!r} in the config "
@@ -152,16 +155,28 @@ def _replay(args: argparse.Namespace, settings: ConnectorSettings, config: Conne
     if args.attempts < 1:
         print("fleetgate connector replay: --attempts must be at least 1", file=sys.stderr)
         return 2
-    report = asyncio.run(
-        replay(
-            settings,
-            config,
-            args.endpoint,
-            since=args.since,
-            until=args.until,
-            attempts=args.attempts,
+    if endpoint.forwards:  # raw TCP forwarding: the records' own bytes, per device in order
+        report = asyncio.run(
+            replay_forward(
+                settings,
+                config,
+                endpoint,
+                since=args.since,
+                until=args.until,
+                attempts=args.attempts,
+            )
         )
-    )
+    else:
+        report = asyncio.run(
+            replay(
+                settings,
+                config,
+                args.endpoint,
+                since=args.since,
+                until=args.until,
+                attempts=args.attempts,
+            )
+        )
     print(report.summary())
     for failure in report.failures:
         print(f"  failed: {failure}")

@@ -24,6 +24,9 @@
         circuit_breaker: {failures: 5, open_seconds: 30}
         allow_private_network: false
         enabled: true
+      - name: tg                       # raw TCP forwarding of Digital Matter records
+        url: tcp://dmt.example.com:5000  # needs format: dmt; HTTP options are refused
+        format: dmt
 
 ``${NAME}`` anywhere in a string value is replaced by the environment variable ``NAME`` when the
 file is loaded (``$${NAME}`` stays a literal ``${NAME}``); an unset variable is an error.
@@ -320,6 +323,11 @@ def _example_url(url: str) -> str:
     return url
 
 
+#: Endpoint options that only mean something for an HTTP endpoint: a ``tcp://`` one (raw
+#: forwarding, ``format: dmt``) refuses them rather than ignore them.
+HTTP_ONLY = ("secrets", "auth", "headers", "tls", "rate_limit_per_second", "batch")
+
+
 class Endpoint(_Strict):
     name: Name
     url: str
@@ -344,8 +352,16 @@ class Endpoint(_Strict):
             url = httpx.URL(_example_url(value))
         except httpx.InvalidURL as exc:
             raise ValueError(f"not a URL: {exc}") from None
+        if url.scheme == "tcp":
+            if not url.host or url.port is None or url.raw_path not in (b"", b"/"):
+                raise ValueError("a tcp:// URL is tcp://host:port, nothing more")
+            if url.query or url.fragment or url.userinfo:
+                raise ValueError("a tcp:// URL is tcp://host:port, nothing more")
+            return value
         if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError("must be an http:// or https:// URL with a host")
+            raise ValueError(
+                "must be an http:// or https:// URL with a host (tcp://host:port: raw forwarding)"
+            )
         return value
 
     @field_validator("headers")
@@ -360,12 +376,39 @@ class Endpoint(_Strict):
                 raise ValueError(f"the value of {name!r} contains a line break")
         return value
 
+    @property
+    def forwards(self) -> bool:
+        """Raw TCP forwarding (``url: tcp://...``, ``format: dmt``), not webhooks."""
+        return self.format == "dmt"
+
     @model_validator(mode="after")
     def _checks(self) -> Endpoint:
+        tcp = self.url.partition(":")[0].lower() == "tcp"  # the url is checked already
+        if tcp and self.format != "dmt":
+            raise ValueError(
+                "a tcp:// url forwards Digital Matter's binary protocol: set 'format: dmt'"
+            )
+        if self.format == "dmt" and not tcp:
+            raise ValueError("'format: dmt' forwards over raw TCP: the url must be tcp://host:port")
+        if tcp:
+            given = [name for name in HTTP_ONLY if name in self.model_fields_set]
+            if given:
+                raise ValueError(
+                    f"{', '.join(repr(n) for n in given)}: HTTP options, meaningless for a "
+                    "tcp:// endpoint (raw forwarding)"
+                )
+            f = self.filter
+            if f.cameras is not None or f.media is not None:
+                raise ValueError(
+                    "filter 'cameras'/'media' select files; a tcp:// endpoint forwards "
+                    "Digital Matter records only"
+                )
+            if f.types is not None and f.types != ["record"]:
+                raise ValueError(
+                    "filter 'types': a tcp:// endpoint forwards records only (types: [record])"
+                )
         if self.auth is not None and any(h.lower() == "authorization" for h in self.headers):
             raise ValueError("give either 'auth' or an 'Authorization' header, not both")
-        if self.format == "dmt" and httpx.URL(_example_url(self.url)).scheme != "tcp":
-            raise ValueError("format 'dmt' forwards the binary protocol: it needs a tcp:// url")
         if self.format == "oem":
             files = [t for t in self.filter.types or () if t != "record"]
             if files:

@@ -72,6 +72,7 @@ from .events import (
     source_topics,
     webhook_body,
 )
+from .forward import ForwardWorker
 from .presign import Presigner
 from .protection import CircuitBreaker, Permit
 from .retry import DeadLetterNow, RetryState, Schedule, next_step, utc
@@ -756,7 +757,12 @@ async def serve(settings: ConnectorSettings, config: ConnectorConfig, stop: asyn
     publisher = Publisher(settings)
     await publisher.start()
     try:
-        workers = [EndpointWorker(e, settings, config, presigner, publisher) for e in endpoints]
+        workers = [
+            ForwardWorker(e, settings, config, publisher)
+            if e.forwards  # raw TCP forwarding (url tcp://, format dmt)
+            else EndpointWorker(e, settings, config, presigner, publisher)
+            for e in endpoints
+        ]
         tasks = [asyncio.create_task(w.run(stop), name=f"endpoint-{w.name}") for w in workers]
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         stop.set()

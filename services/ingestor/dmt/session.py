@@ -63,6 +63,7 @@ _SESSION = RawHeader.SESSION.value
 _INGESTOR = RawHeader.INGESTOR.value
 _RECEIVED_AT = RawHeader.RECEIVED_AT.value
 _MESSAGE_TYPE = RawHeader.MESSAGE_TYPE.value
+_HELLO = RawHeader.HELLO.value
 
 
 def _has_fix(record: Record | FixedRecord) -> bool:
@@ -99,6 +100,8 @@ class DmtSession(Session):
         self._hello: HelloReceived | None = None
         self._key = b""
         self._raw_headers: list[tuple[str, bytes]] = []
+        #: A record's headers also carry the session's HELLO (forwarding needs it).
+        self._record_headers: list[tuple[str, bytes]] = []
         #: The device's status as last published, and the records since that tell more.
         self._status: DeviceStatus | None = None
         self._latest: Record | FixedRecord | None = None
@@ -208,6 +211,7 @@ class DmtSession(Session):
             (_SESSION, link.session_id.encode()),
             (_INGESTOR, link.instance.encode()),
         ]
+        self._record_headers = [*self._raw_headers, (_HELLO, event.raw.hex().encode())]
         identity = device_identity(event)
         link.log = link.log.bind(product=identity.product or event.product_id)
         await link.ledger.publish(
@@ -240,7 +244,7 @@ class DmtSession(Session):
         rid = record_id(PROTOCOL, hello.imei, record.sequence, record.device_time)
         headers = [
             (_RECORD_ID, rid.encode()),
-            *self._raw_headers,
+            *self._record_headers,
             (_RECEIVED_AT, millis),
             (_MESSAGE_TYPE, str(int(event.message_type)).encode()),
         ]
