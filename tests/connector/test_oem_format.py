@@ -303,7 +303,7 @@ def test_format_and_batch_settings() -> None:
     ("extra", "message"),
     [
         ({"format": "xml"}, "format (endpoint 'e'): Input should be 'fleetgate', 'oem' or 'dmt'"),
-        ({"format": "dmt"}, "format 'dmt' forwards the binary protocol: it needs a tcp:// url"),
+        ({"format": "dmt"}, "'format: dmt' forwards over raw TCP: the url must be tcp://host:port"),
         ({"format": "oem", "filter": {"types": ["record", "file.stored"]}},
          "format 'oem' carries telemetry records only; remove ['file.stored'] from filter.types"),
         ({"batch": {"max_records": 5, "max_wait_seconds": 1}}, "'batch' needs 'format: oem'"),
