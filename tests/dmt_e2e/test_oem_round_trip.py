@@ -5,7 +5,8 @@ gets the same values, field by field.
 The captures of ``../shared/vectors/dmt_http_json.txt`` (one traditional body of 5 records, one
 Edge body) and two bodies made here that carry every field ``record.v1`` keeps (trip type, trip
 and odometer counters, 32-bit analogues, a field fleetgate does not decode; an Edge position,
-I/O and analogues). The known differences, each asserted where the expected body is built:
+I/O and analogues). A field fleetgate does not decode comes back as posted; fields come back
+in ``FType`` order. The known differences, each asserted below:
 
 - ``SpdAcc`` is not kept by ``record.v1``: not given back;
 - ``GpsStat`` comes back 1 for a valid fix (any status not 0), else 0: ``record.v1`` keeps
