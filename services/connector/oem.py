@@ -18,7 +18,9 @@ mapping reads only :class:`~contracts.records.TelemetryRecord`.
 What ``record.v1`` does not keep cannot be given back: ``SpdAcc`` is left out, and
 ``GpsStat`` is 1 for a valid fix and 0 otherwise (the device's other status bits are not
 kept). Debug texts, driver ids and fields fleetgate did not decode have no agreed OEM JSON
-form and are left out. Pure: no I/O.
+form and are left out, except the undecoded fields of a body the OEM Server posted (source
+``oem_http``): ``contracts.dmt_oem`` keeps each as its JSON text, so it is given back as
+received. Fields are in ``FType`` order. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from contracts.records import Measurement, TelemetryRecord
+from contracts.records import Measurement, RecordSource, TelemetryRecord
 
 __all__ = ["OEM_TIME_FORMAT", "oem_body", "oem_json", "oem_record"]
 
@@ -110,6 +112,24 @@ def _fields(record: TelemetryRecord) -> list[_Data]:
             ftype, key = _COUNTERS[m.name]
             counters.setdefault(ftype, {})[key] = _raw(m)
     fields += [_field(ftype, counters[ftype]) for ftype in sorted(counters)]
+    if record.source is RecordSource.OEM_HTTP:
+        fields += _posted_fields(record)
+    fields.sort(key=lambda field: int(field["FType"]))
+    return fields
+
+
+def _posted_fields(record: TelemetryRecord) -> list[_Data]:
+    """The fields of an OEM Server body that fleetgate did not decode, as the server posted
+    them: their ``data_hex`` is the field's JSON text (``contracts.dmt_oem``)."""
+    fields: list[_Data] = []
+    for unknown in record.unknown_fields:
+        try:
+            field = orjson.loads(bytes.fromhex(unknown.data_hex))
+        except ValueError:  # not hex, not UTF-8 or not JSON: not a field this mapping kept
+            continue
+        if isinstance(field, dict) and field.get("FType") == unknown.id:
+            del field["FType"]  # last, as the server writes it
+            fields.append(field | {"FType": unknown.id})
     return fields
 
 
