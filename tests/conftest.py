@@ -54,13 +54,22 @@ FAST = (
     "tests/connector/test_connector_units.py",
     "tests/kafka/test_kafka_security.py::test_settings_check_what_goes_together",
 )
+#: Tests whose assertions include latencies or deadlines that another test running beside
+#: them would break: `make test` runs the rest on two workers, then these alone.
+SERIAL = (
+    "tests/connector/test_connector_outage.py",
+    "tests/connector/test_connector_delivery.py::test_a_dead_endpoint_does_not_delay_a_healthy_one",
+    "tests/connector/test_connector_reliability.py",
+    "tests/connector/test_connector_units.py::test_rate_limiter_spaces_requests_evenly",
+    "tests/hostile/",
+)
 #: Fixtures that start or reach infrastructure: a test using one is never in the fast layer.
 INFRASTRUCTURE = {"kafka", "kafka_broker", "kafka_cluster", "tansu", "s3"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark what uses a real broker (``-m "not real_kafka"`` leaves it out) and the fast
-    layer (``-m fast``)."""
+    """Mark what uses a real broker (``-m "not real_kafka"`` leaves it out), the fast
+    layer (``-m fast``) and the tests that run alone (``-m serial``)."""
     root = Path(str(config.rootpath))
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
@@ -72,6 +81,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         node = where + item.nodeid.partition("::")[1] + item.nodeid.partition("::")[2]
         if not names & INFRASTRUCTURE and any(node.startswith(prefix) for prefix in FAST):
             item.add_marker(pytest.mark.fast)
+        if any(node.startswith(prefix) for prefix in SERIAL):
+            item.add_marker(pytest.mark.serial)
 
 
 def _require_java() -> None:
