@@ -93,15 +93,16 @@ check: .venv ## The fast layer for the edit-test loop: lint, then the tests with
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -m fast -q -p no:cacheprovider
 
-# The suite runs on two workers (a module stays on one: its fixtures start once), then the tests
-# marked `serial` (latency and deadline assertions) run alone; coverage adds up over both.
+# The suite runs on two workers (a module with a module-wide fixture stays on one, so the fixture
+# starts once), then the tests marked `serial` (latency and deadline assertions) run alone;
+# coverage adds up over both.
 TEST_COV := --cov=camproto --cov=dmtproto --cov-branch
 TEST_WORKERS ?= 2
 
 .PHONY: test
 test: .venv $(KAFKA_IF_JAVA) lint typecheck ## Lint, type-check, then run the test suite (protocol cores >= 95% branch coverage)
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope -m "not serial" $(TEST_COV) --cov-report=
-	$(BIN)/pytest -m serial $(TEST_COV) --cov-append --cov-report=term --cov-fail-under=95
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup -m "not serial" --durations=15 $(TEST_COV) --cov-report=
+	$(BIN)/pytest -m serial --durations=5 $(TEST_COV) --cov-append --cov-report=term --cov-fail-under=95
 
 .PHONY: cov
 cov: .venv ## Run the test suite with branch coverage (HTML in htmlcov/)

@@ -83,6 +83,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.fast)
         if any(node.startswith(prefix) for prefix in SERIAL):
             item.add_marker(pytest.mark.serial)
+        if _shares_a_fixture(item):  # one worker runs the module: its fixture starts once
+            item.add_marker(pytest.mark.xdist_group(where))
+
+
+def _shares_a_fixture(item: pytest.Item) -> bool:
+    """Whether the test uses a fixture wider than itself but narrower than the session."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    return any(
+        defs[-1].scope in ("class", "module", "package")
+        for defs in info.name2fixturedefs.values()
+        if defs
+    )
 
 
 def _require_java() -> None:

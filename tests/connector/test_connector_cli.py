@@ -250,6 +250,13 @@ def test_sigkill_mid_delivery_loses_nothing_and_replay_sends_it_again(
             ),
             "failed-0 held, failed-1 and -2 failed once, others delivered",
         )
+
+        def committed_ids() -> set[str]:
+            done = asyncio.run(committed_offsets(kafka, "fleetgate-connector-killed", Topic.FILES))
+            return {i for i, (p, o) in where.items() if o < done.get(p, 0)}
+
+        # its periodic commit has run once (else this test would show nothing)
+        wait_until(lambda: bool(committed_ids()), "the connector committed what it delivered")
         before_kill = set(hook.delivered_ids())
         first.kill()  # SIGKILL: no shutdown, no commit
         assert first.wait(10) == -signal.SIGKILL
@@ -257,8 +264,7 @@ def test_sigkill_mid_delivery_loses_nothing_and_replay_sends_it_again(
         # What the killed connector committed must not be sent again. A record delivered but
         # not committed yet (behind the held failed-0 on its partition, or within the commit
         # interval) is sent again: at least once, at most twice.
-        done = asyncio.run(committed_offsets(kafka, "fleetgate-connector-killed", Topic.FILES))
-        committed = {i for i, (p, o) in where.items() if o < done.get(p, 0)}
+        committed = committed_ids()
         assert committed, "the killed connector committed nothing: this test would show nothing"
         # (failed-1 and -2 may be committed too: parked in the retry topic, which delivers them)
         assert committed <= before_kill | {"failed-1", "failed-2"}
