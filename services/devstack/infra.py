@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -48,11 +49,29 @@ __all__ = [
 ]
 
 
-def free_port() -> int:
+#: Where :func:`free_port` picks: below Linux's default ephemeral range (32768-60999), so an
+#: outgoing connection's local port never takes a port chosen here before its server binds it.
+PORT_RANGE = (20000, 32000)
+
+
+def free_port(count: int = 1) -> int:
+    """A port free now, with the ``count - 1`` ports after it (a service's metrics ports are
+    consecutive), picked at random so that processes choosing at once rarely collide."""
+    low, high = PORT_RANGE
+    for _ in range(200):
+        first = random.randrange(low, high - count)
+        if all(_bindable(port) for port in range(first, first + count)):
+            return first
+    raise RuntimeError(f"no {count} consecutive free ports in {low}-{high}")
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 class PortInUse(RuntimeError):

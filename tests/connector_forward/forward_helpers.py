@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from connector.settings import ConnectorSettings
+from devstack.infra import free_port as infra_free_port
 from dmtproto import (
     CommitRequested,
     DmtDevice,
@@ -129,11 +129,9 @@ class DmServer:
 
 
 def free_port() -> int:
-    """A port nothing listens on (for a target that is down, then comes up there)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port nothing listens on (for a target that is down, then comes up there); outside
+    the ephemeral range, so no outgoing connection takes it meanwhile."""
+    return infra_free_port()
 
 
 def record_bytes(records: list[Record | FixedRecord]) -> list[bytes]:

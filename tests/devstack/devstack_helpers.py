@@ -83,11 +83,12 @@ def devstack(tmp_path: Path, *, metrics: bool = False, **settings: str) -> Itera
     s3 = start_s3rver(tmp_path / "s3", log=tmp_path / "s3rver.log")
     client = Minio(f"127.0.0.1:{s3.port}", S3RVER_KEY, S3RVER_KEY, secure=False)
     client.make_bucket(BUCKET)
-    base = free_port() if metrics else 0
+    base = free_port(count=3) if metrics else 0  # ingestor, assembler, connector
     camera = free_port()
     env = os.environ | {
         "FLEETGATE_DATA_DIR": str(tmp_path / "data"),
         "FLEETGATE_CAMERA_PORT": str(camera),
+        "FLEETGATE_DMT_PORT": str(free_port()),
         "FLEETGATE_KAFKA_PORT": str(free_port()),
         "FLEETGATE_S3_ENDPOINT": f"127.0.0.1:{s3.port}",
         "FLEETGATE_SINK_PORT": str(free_port()),

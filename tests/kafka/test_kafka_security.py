@@ -173,7 +173,9 @@ async def test_devstack_creates_topics_and_reads_lag_over_sasl_ssl(
         lags = await reader.lags()
     finally:
         await reader.close()
-    assert [(lag.group, lag.records) for lag in lags] == [(ASSEMBLER_GROUP, 3)]
+    # (connector groups of earlier tests on this broker outlive their topics: nothing to do)
+    assert [(lag.group, lag.records) for lag in lags if lag.records] == [(ASSEMBLER_GROUP, 3)]
+    assert lags[0].group == ASSEMBLER_GROUP
 
 
 async def _topics(settings: KafkaSettings) -> set[str]:
