@@ -22,7 +22,8 @@ CHART = Path(__file__).resolve().parents[2] / "charts" / "fleetgate"
 CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
 #: The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schemas.
 KUBE_VERSIONS = ("1.27", kubernetes_validate.utils.latest_version())
-#: Kinds of CRDs (Prometheus Operator, KEDA): no schema in kubernetes-validate; checked below.
+#: Kinds of CRDs (Prometheus Operator, KEDA): no schema in kubernetes-validate; validated against
+#: their CRDs' schemas in test_chart_crds.py, and their contents checked in test_all_features.
 CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject"}
 
 
