@@ -151,9 +151,13 @@ def telemetry_record_json(
     session_id: str,
     ingestor: str,
     received_at: datetime,
+    rid: str | None = None,
 ) -> bytes:
-    """``contracts.encode(telemetry_record(...))``, without building the model."""
-    data = _record(record, hello, session_id=session_id, ingestor=ingestor, received_at=received_at)
+    """``contracts.encode(telemetry_record(...))``, without building the model. ``rid``: the
+    record's :func:`~contracts.records.record_id` when the caller has it already."""
+    data = _record(
+        record, hello, session_id=session_id, ingestor=ingestor, received_at=received_at, rid=rid
+    )
     return orjson.dumps(data, option=orjson.OPT_UTC_Z)
 
 
@@ -164,11 +168,14 @@ def _record(
     session_id: str,
     ingestor: str,
     received_at: datetime,
+    rid: str | None = None,
 ) -> _Data:
     device_time = record.device_time
+    if rid is None:
+        rid = record_id(PROTOCOL, hello.imei, record.sequence, device_time)
     data: _Data = {
         "schema": "record.v1",
-        "record_id": record_id(PROTOCOL, hello.imei, record.sequence, device_time),
+        "record_id": rid,
         "protocol": PROTOCOL,
         "source": "tcp",
         "session_id": session_id,

@@ -64,17 +64,33 @@ _INGESTOR = RawHeader.INGESTOR.value
 _RECEIVED_AT = RawHeader.RECEIVED_AT.value
 _MESSAGE_TYPE = RawHeader.MESSAGE_TYPE.value
 _HELLO = RawHeader.HELLO.value
+#: A raw record's ``fg-message-type`` header value, per message type.
+_TYPE_HEADERS: dict[int, tuple[str, bytes]] = {}
+
+
+def _type_header(message_type: int) -> tuple[str, bytes]:
+    header = _TYPE_HEADERS.get(message_type)
+    if header is None:
+        header = _TYPE_HEADERS[message_type] = (_MESSAGE_TYPE, str(int(message_type)).encode())
+    return header
 
 
 def _has_fix(record: Record | FixedRecord) -> bool:
     if isinstance(record, FixedRecord):
         return record.valid
-    return any(isinstance(f, GpsField) and f.valid for f in record.fields)
+    for field in record.fields:
+        if isinstance(field, GpsField) and field.valid:
+            return True
+    return False
 
 
 def _newer(record: Record | FixedRecord, than: Record | FixedRecord | None) -> bool:
     if than is None:
         return True
+    if isinstance(record, Record) and isinstance(than, Record):
+        # Wire times order as device times do; 0: the device's clock was not set.
+        mine_s, theirs_s = record.time, than.time
+        return not mine_s or not theirs_s or mine_s >= theirs_s
     mine, theirs = record.device_time, than.device_time
     return mine is None or theirs is None or mine >= theirs
 
@@ -188,9 +204,11 @@ class DmtSession(Session):
             return
         received_at = datetime.now(UTC)
         millis = str(int(received_at.timestamp() * 1000)).encode()
+        #: A raw record's headers after its id, but for its message type.
+        shared = (*self._record_headers, (_RECEIVED_AT, millis))
         for event in events:
             if isinstance(event, RecordReceived):
-                await self._on_record(event, received_at, millis)
+                await self._on_record(event, received_at, shared)
             elif isinstance(event, CommitRequested):
                 await self._on_commit()
             elif isinstance(event, HelloReceived):
@@ -228,31 +246,33 @@ class DmtSession(Session):
         self._status = registry.connected(link, identity, received_at)
         await registry.publish(link, self._status)
 
-    async def _on_record(self, event: RecordReceived, received_at: datetime, millis: bytes) -> None:
+    async def _on_record(
+        self,
+        event: RecordReceived,
+        received_at: datetime,
+        shared: tuple[tuple[str, bytes], ...],
+    ) -> None:
         hello = self._hello
         assert hello is not None  # the core allows records only after HELLO
         record = event.record
-        ledger = self.link.ledger
+        link = self.link
+        ledger = link.ledger
+        rid = record_id(PROTOCOL, hello.imei, record.sequence, record.device_time)
         value = telemetry_record_json(
             record,
             hello,
-            session_id=self.link.session_id,
-            ingestor=self.link.instance,
+            session_id=link.session_id,
+            ingestor=link.instance,
             received_at=received_at,
+            rid=rid,
         )
         await ledger.publish(Topic.RECORDS, self._key, value)
-        rid = record_id(PROTOCOL, hello.imei, record.sequence, record.device_time)
-        headers = [
-            (_RECORD_ID, rid.encode()),
-            *self._record_headers,
-            (_RECEIVED_AT, millis),
-            (_MESSAGE_TYPE, str(int(event.message_type)).encode()),
-        ]
+        headers = [(_RECORD_ID, rid.encode()), *shared, _type_header(event.message_type)]
         await ledger.publish(Topic.DMT_RAW, self._key, event.raw, headers)
         self._records.inc()
         if _newer(record, self._latest):
             self._latest = record
-        if _has_fix(record) and _newer(record, self._latest_fix):
+        if _newer(record, self._latest_fix) and _has_fix(record):
             self._latest_fix = record
 
     async def _on_commit(self) -> None:
