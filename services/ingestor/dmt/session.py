@@ -78,10 +78,7 @@ def _type_header(message_type: int) -> tuple[str, bytes]:
 def _has_fix(record: Record | FixedRecord) -> bool:
     if isinstance(record, FixedRecord):
         return record.valid
-    for field in record.fields:
-        if isinstance(field, GpsField) and field.valid:
-            return True
-    return False
+    return any(isinstance(field, GpsField) and field.valid for field in record.fields)
 
 
 def _newer(record: Record | FixedRecord, than: Record | FixedRecord | None) -> bool:
