@@ -258,14 +258,18 @@ def bench_dmt_ingest(args: argparse.Namespace) -> dict[str, float]:
             asyncio.run(wait_kafka(bootstrap))
             asyncio.run(create_topics(bootstrap))
             port = free_port()
-            env = os.environ | TANSU_CLIENT_ENV | {
-                "FLEETGATE_KAFKA_BOOTSTRAP": bootstrap,
-                "FLEETGATE_CAMERA_ENABLED": "false",
-                "FLEETGATE_DMT_HOST": "127.0.0.1",
-                "FLEETGATE_DMT_PORT": str(port),
-                "FLEETGATE_LOG_LEVEL": "WARNING",
-                "FLEETGATE_METRICS_PORT": "0",
-            }
+            env = (
+                os.environ
+                | TANSU_CLIENT_ENV
+                | {
+                    "FLEETGATE_KAFKA_BOOTSTRAP": bootstrap,
+                    "FLEETGATE_CAMERA_ENABLED": "false",
+                    "FLEETGATE_DMT_HOST": "127.0.0.1",
+                    "FLEETGATE_DMT_PORT": str(port),
+                    "FLEETGATE_LOG_LEVEL": "WARNING",
+                    "FLEETGATE_METRICS_PORT": "0",
+                }
+            )
             with open(Path(tmp) / "ingestor.log", "wb") as log:
                 ingestor = subprocess.Popen(
                     [sys.executable, *PROFILE, "-m", "fleetgate", "ingestor"], env=env, stdout=log,
