@@ -42,6 +42,7 @@ __all__ = [
     "DmtConnected",
     "DmtHello",
     "DmtSessionEvent",
+    "TelemetryJson",
     "device_identity",
     "telemetry_record",
     "telemetry_record_json",
@@ -151,10 +152,41 @@ def telemetry_record_json(
     session_id: str,
     ingestor: str,
     received_at: datetime,
+    rid: str | None = None,
 ) -> bytes:
-    """``contracts.encode(telemetry_record(...))``, without building the model."""
-    data = _record(record, hello, session_id=session_id, ingestor=ingestor, received_at=received_at)
+    """``contracts.encode(telemetry_record(...))``, without building the model. ``rid``: the
+    record's :func:`~contracts.records.record_id` when the caller has it already."""
+    data = _record(
+        record, hello, session_id=session_id, ingestor=ingestor, received_at=received_at, rid=rid
+    )
     return orjson.dumps(data, option=orjson.OPT_UTC_Z)
+
+
+class TelemetryJson:
+    """:func:`telemetry_record_json` for one session's records: what is the same for all of
+    them (the device's identity, the session) is built once."""
+
+    __slots__ = ("_device", "_hello", "_ingestor", "_session_id")
+
+    def __init__(self, hello: DeviceHello, *, session_id: str, ingestor: str) -> None:
+        self._hello = hello
+        self._device = _identity(hello)  # read-only: shared by every record's value
+        self._session_id = session_id
+        self._ingestor = ingestor
+
+    def __call__(
+        self, record: Record | FixedRecord, received_at: datetime, rid: str | None = None
+    ) -> bytes:
+        data = _record(
+            record,
+            self._hello,
+            session_id=self._session_id,
+            ingestor=self._ingestor,
+            received_at=received_at,
+            rid=rid,
+            device=self._device,
+        )
+        return orjson.dumps(data, option=orjson.OPT_UTC_Z)
 
 
 def _record(
@@ -164,16 +196,20 @@ def _record(
     session_id: str,
     ingestor: str,
     received_at: datetime,
+    rid: str | None = None,
+    device: _Data | None = None,
 ) -> _Data:
     device_time = record.device_time
+    if rid is None:
+        rid = record_id(PROTOCOL, hello.imei, record.sequence, device_time)
     data: _Data = {
         "schema": "record.v1",
-        "record_id": record_id(PROTOCOL, hello.imei, record.sequence, device_time),
+        "record_id": rid,
         "protocol": PROTOCOL,
         "source": "tcp",
         "session_id": session_id,
         "ingestor": ingestor,
-        "device": _identity(hello),
+        "device": _identity(hello) if device is None else device,
         "sequence": record.sequence,
         "device_time": device_time,
         "received_at": received_at,

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum
+from functools import partial
 from typing import ClassVar, NamedTuple, TypeVar
 
 from ._wire import from_dm_time
@@ -484,12 +485,18 @@ def _repeated(data: bytes, layout: struct.Struct) -> Iterator[tuple[int, int]]:
     return layout.iter_unpack(data)
 
 
+# ``tuple.__new__`` on the class: ``_make`` without its Python-level length check (each
+# unpacked tuple has the class's two fields by construction), called from C.
+_new_analogue16 = partial(tuple.__new__, Analogue16)
+_new_analogue32 = partial(tuple.__new__, Analogue32)
+
+
 def _analogue16(data: bytes) -> Field:
-    return Analogue16Field(values=tuple(map(Analogue16._make, _repeated(data, _AN16))))
+    return Analogue16Field(values=tuple(map(_new_analogue16, _repeated(data, _AN16))))
 
 
 def _analogue32(data: bytes) -> Field:
-    return Analogue32Field(values=tuple(map(Analogue32._make, _repeated(data, _AN32))))
+    return Analogue32Field(values=tuple(map(_new_analogue32, _repeated(data, _AN32))))
 
 
 def _trip_type(data: bytes) -> Field:

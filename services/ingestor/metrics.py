@@ -47,7 +47,8 @@ records = Counter(
 kafka_records = Counter("fleetgate_ingestor_kafka_records_total", "Records produced", ["topic"])
 kafka_produce_seconds = Histogram(
     "fleetgate_ingestor_kafka_produce_seconds",
-    "From a session handing a record to the producer to Kafka acknowledging it (acks=all)",
+    "From a session handing a record to the producer to Kafka acknowledging it (acks=all); "
+    "sampled: the first record of each window of records a session awaits together",
     ["protocol"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from runtime.kafka import producer_kwargs
 
@@ -82,6 +82,21 @@ class KafkaSink:
         #: When a record last failed to enter (loop time), and why.
         self._failed_at = float("-inf")
         self._failure: BaseException | None = None
+        self._direct = _Direct.of(self.producer)
+
+    def send_now(
+        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> asyncio.Future[Any] | None:
+        """The record appended to the producer's open batch for its partition without
+        waiting, as :meth:`send` would have it, or None: :meth:`send` must (no open batch
+        with room, records queued ahead in its lane, metadata not known yet)."""
+        direct = self._direct
+        if direct is None:
+            return None
+        lane = self._lanes.get((topic, hash(key) % self.LANES))
+        if lane is not None and lane.busy:
+            return None
+        return direct.append(topic, key, value, headers)
 
     async def send(
         self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
@@ -111,9 +126,11 @@ class KafkaSink:
     ) -> asyncio.Future[Any]:
         if queued <= self._failed_at:  # waited behind a record the producer never took
             raise KafkaFailed(f"producer stalled: {self._failure!r}")
+        direct = self._direct
+        partition = None if direct is None else direct.partition(topic, key)
         try:
             future: asyncio.Future[Any] = await self.producer.send(
-                str(topic), value=value, key=key, headers=headers
+                str(topic), value=value, key=key, partition=partition, headers=headers
             )
         except Exception as exc:  # no room for request_timeout, or refused
             self._failed_at, self._failure = asyncio.get_running_loop().time(), exc
@@ -142,23 +159,103 @@ class KafkaSink:
                         ticket.set_exception(exc)
                     continue
                 if ticket.done():  # gave up meanwhile: the record goes out anyway
-                    future.add_done_callback(_retrieve)
+                    future.add_done_callback(_ignore)
                 else:
                     ticket.set_result(future)
         finally:
             lane.busy = False
 
 
+class _Direct:
+    """The per-record shortcuts into aiokafka's producer (0.14): a key's partition computed
+    once by the producer's own partitioner (the same partition ``send`` would choose; it is
+    dropped when the cluster metadata changes), and a record appended straight to the open
+    batch of its partition, as ``send`` does once it found room. ``send`` is the way when
+    there is no open batch with room: it creates batches, waits for room, wakes the sender.
+    """
+
+    __slots__ = ("_accumulator", "_cluster", "_partitioner", "_partitions", "_tps")
+
+    #: Keys whose partition is kept (a session's IMEI, per topic), then the cache restarts.
+    CACHE = 65536
+
+    def __init__(self, producer: Any) -> None:
+        self._accumulator = producer._message_accumulator
+        self._cluster = producer.client.cluster
+        self._partitioner = producer._partitioner
+        self._partitions: dict[tuple[str, bytes], TopicPartition] = {}
+        self._tps: dict[tuple[str, int], TopicPartition] = {}
+        self._cluster.add_listener(self._metadata_changed)
+
+    @classmethod
+    def of(cls, producer: Any) -> _Direct | None:
+        """The shortcuts for an aiokafka producer; None for anything else (a test's stand-in)."""
+        if not isinstance(producer, AIOKafkaProducer):
+            return None
+        accumulator = getattr(producer, "_message_accumulator", None)
+        if not all(hasattr(accumulator, a) for a in ("_batches", "_closed", "_exception")):
+            return None  # another aiokafka: its public path only
+        if not hasattr(producer, "_partitioner"):
+            return None
+        return cls(producer)
+
+    def _metadata_changed(self, _cluster: Any) -> None:
+        self._partitions.clear()
+
+    def _tp(self, topic: str, key: bytes) -> TopicPartition | None:
+        cached = (topic, key)
+        tp = self._partitions.get(cached)
+        if tp is not None:
+            return tp
+        partitions = self._cluster.partitions_for_topic(topic)
+        if not partitions:
+            return None  # metadata not known yet: ``send`` waits for it
+        available = self._cluster.available_partitions_for_topic(topic) or ()
+        partition = self._partitioner(key, list(partitions), list(available))
+        tp = self._tps.get((topic, partition))
+        if tp is None:
+            tp = self._tps[(topic, partition)] = TopicPartition(topic, partition)
+        if len(self._partitions) >= self.CACHE:
+            self._partitions.clear()
+        self._partitions[cached] = tp
+        return tp
+
+    def partition(self, topic: str, key: bytes) -> int | None:
+        tp = self._tp(topic, key)
+        return None if tp is None else tp.partition
+
+    def append(
+        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> asyncio.Future[Any] | None:
+        accumulator = self._accumulator
+        if accumulator._closed or accumulator._exception is not None:
+            return None  # ``send`` raises what aiokafka says
+        tp = self._tp(topic, key)
+        if tp is None:
+            return None
+        batches = accumulator._batches.get(tp)
+        if not batches:
+            return None
+        future: asyncio.Future[Any] | None = batches[-1].append(key, value, None, headers=headers)
+        return future
+
+
 def _observe_produce(protocol: str, started: float, future: asyncio.Future[Any]) -> None:
-    """Kafka produce latency (handed to the sink to acknowledgement) and failures."""
-    if future.cancelled() or future.exception() is not None:
-        metrics.kafka_errors.labels(protocol).inc()
-    else:
+    """Kafka produce latency (handed to the sink to acknowledgement) of a window's first
+    record (its failure is counted where the ledger finds it)."""
+    if not future.cancelled() and future.exception() is None:
         metrics.kafka_produce_seconds.labels(protocol).observe(time.monotonic() - started)
 
 
 class Ledger:
-    """One session's records not yet acknowledged, oldest first, and their bytes."""
+    """One session's records not yet acknowledged, oldest first, and their bytes.
+
+    A record's acknowledgement is not awaited one by one: aiokafka resolves a whole batch's
+    futures together, so :meth:`bound` and :meth:`barrier` drop what is acknowledged from the
+    head of the window in one pass (a failed record stops the pass: nothing after it counts)
+    and wait only on the oldest record still in flight, once per acknowledgement that
+    arrives. Every record is checked; none is assumed acknowledged because a later one was.
+    """
 
     def __init__(
         self,
@@ -175,9 +272,12 @@ class Ledger:
         #: Longest wait for room in the producer (a burst queues sessions behind each
         #: other; a stalled producer fails them sooner, see :class:`KafkaSink`).
         self.enqueue_timeout = timeout if enqueue_timeout is None else enqueue_timeout
+        self._send_now = getattr(sink, "send_now", None)
         self._pending: deque[tuple[asyncio.Future[Any], int]] = deque()
         self.pending_bytes = 0
         self._failure: str | None = None
+        #: Records handed to the producer per topic, not yet counted in the metric.
+        self._produced: dict[str, int] = {}
 
     async def publish(
         self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None = None
@@ -185,19 +285,27 @@ class Ledger:
         """Hand one record to the producer; the future resolves once Kafka acknowledged it.
         :class:`KafkaFailed` if the producer refuses it, stalls, or has no room for
         ``enqueue_timeout``."""
-        started = time.monotonic()
-        try:
-            # Enqueueing waits while the producer is full (backpressure: bounded, in turn)
-            # or has no metadata (broker unreachable); the latter must not hang the session.
-            async with asyncio.timeout(self.enqueue_timeout):
-                future = await self.sink.send(topic, key, value, headers or [])
-        except Exception as exc:  # refused outright, or no room for `timeout` seconds
-            metrics.kafka_errors.labels(self.protocol).inc()
-            raise KafkaFailed(f"cannot enqueue to {topic}: {exc!r}") from exc
-        future.add_done_callback(partial(_observe_produce, self.protocol, started))
-        metrics.kafka_records.labels(str(topic)).inc()
-        self._pending.append((future, len(value)))
+        started = time.monotonic() if not self._pending else 0.0
+        headers = headers or []
+        send_now = self._send_now
+        future = None if send_now is None else send_now(topic, key, value, headers)
+        if future is None:
+            try:
+                # Enqueueing waits while the producer is full (backpressure: bounded, in
+                # turn) or has no metadata (broker unreachable); the latter must not hang
+                # the session.
+                async with asyncio.timeout(self.enqueue_timeout):
+                    future = await self.sink.send(topic, key, value, headers)
+            except Exception as exc:  # refused outright, or no room for `timeout` seconds
+                metrics.kafka_errors.labels(self.protocol).inc()
+                raise KafkaFailed(f"cannot enqueue to {topic}: {exc!r}") from exc
+        pending = self._pending
+        if not pending:  # a window's first record: its produce latency is the sample
+            future.add_done_callback(partial(_observe_produce, self.protocol, started))
+        pending.append((future, len(value)))
         self.pending_bytes += len(value)
+        produced = self._produced
+        produced[topic] = produced.get(topic, 0) + 1
         return future
 
     async def acknowledged(self, future: Awaitable[Any]) -> Any:
@@ -214,15 +322,47 @@ class Ledger:
         :meth:`bound` or :meth:`barrier` raises :class:`KafkaFailed` with ``reason``."""
         self._failure = self._failure or reason
 
+    def _settle(self) -> None:
+        """Drop the acknowledged records at the head of the window; :class:`KafkaFailed` at
+        the first that failed."""
+        pending = self._pending
+        acknowledged = 0
+        while pending:
+            future = pending[0][0]
+            if not future.done():
+                break
+            if future.cancelled() or future.exception() is not None:
+                self.pending_bytes -= acknowledged + pending.popleft()[1]
+                metrics.kafka_errors.labels(self.protocol).inc()
+                reason = "cancelled" if future.cancelled() else repr(future.exception())
+                self.fail(f"record not acknowledged: {reason}")
+                raise KafkaFailed(f"record not acknowledged: {reason}")
+            acknowledged += pending.popleft()[1]
+        self.pending_bytes -= acknowledged
+
+    def _count(self) -> None:
+        if self._produced:
+            for topic, count in self._produced.items():
+                metrics.kafka_records.labels(str(topic)).inc(count)
+            self._produced.clear()
+
     async def bound(self, limit: int) -> None:
         """Wait for Kafka until at most ``limit`` bytes are unacknowledged."""
         if self._failure is not None:
             raise KafkaFailed(self._failure)
-        while self._pending and (self.pending_bytes > limit or self._pending[0][0].done()):
-            future, size = self._pending[0]
-            await self.acknowledged(future)
-            self._pending.popleft()
-            self.pending_bytes -= size
+        self._count()
+        self._settle()
+        while self.pending_bytes > limit and self._pending:
+            # The oldest record in flight; each acknowledgement has ``timeout`` to come.
+            oldest = self._pending[0][0]
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await asyncio.wait((oldest,))
+            except TimeoutError as exc:
+                metrics.kafka_errors.labels(self.protocol).inc()
+                self.fail(f"record not acknowledged within {self.timeout:g} s")
+                raise KafkaFailed(f"record not acknowledged: {exc!r}") from exc
+            self._settle()
 
     async def barrier(self) -> None:
         """Return once every record published before the call is acknowledged."""
@@ -230,13 +370,20 @@ class Ledger:
 
     def abandon(self) -> None:
         """The session is over: records never awaited still resolve later; take their
-        outcome so a failure is not reported again as "never retrieved"."""
+        outcome so a failure is not reported again as "never retrieved", and count it."""
+        self._count()
+        retrieve = partial(_retrieve, self.protocol)
         for future, _size in self._pending:
-            future.add_done_callback(_retrieve)
+            future.add_done_callback(retrieve)
         self._pending.clear()
         self.pending_bytes = 0
 
 
-def _retrieve(future: asyncio.Future[Any]) -> None:
+def _ignore(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+def _retrieve(protocol: str, future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        metrics.kafka_errors.labels(protocol).inc()

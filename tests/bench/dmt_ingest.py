@@ -13,7 +13,8 @@ Figures:
   ingestor's CPU seconds (user + system) in that time, a figure less at the mercy of a shared
   machine. Each record goes out twice (decoded and raw).
 - ``dmt_commit_p50_ms`` / ``p99``: commit latency (commit request written -> reply read) with
-  the trackers paced to half the measured rate.
+  the trackers paced to half the measured rate (for ``--dmt-seconds`` or four commits per
+  tracker, whichever is longer).
 - ``dmt_sessions`` and ``dmt_session_kib``: sessions held open after HELLO, and the ingestor's
   resident memory per session.
 
@@ -35,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from devstack.infra import create_topics, free_port, start_tansu, wait_kafka
+from devstack.infra import TANSU_CLIENT_ENV, create_topics, free_port, start_tansu, wait_kafka
 from dmtproto import (
     Analogue16,
     Analogue16Field,
@@ -55,6 +56,9 @@ PROFILE = (
     if os.environ.get("FLEETGATE_BENCH_PROFILE")
     else []
 )
+#: py-spy's samples of the ingestor during the full-load phase only, in py-spy's raw format
+#: (FLEETGATE_BENCH_PYSPY=FILE; needs ``py-spy`` on PATH or next to this Python).
+PYSPY = os.environ.get("FLEETGATE_BENCH_PYSPY")
 COMMIT_REPLY = encode(MessageType.COMMIT_RESPONSE, b"\x01")
 HELLO_REPLY_SIZE = 5 + 8
 
@@ -204,6 +208,7 @@ async def _bench(
     trackers = [Tracker(port, i, batch) for i in range(args.devices)]
     await asyncio.gather(*(t.connect() for t in trackers))
     await _run_load(trackers, 2.0, None)  # warm-up
+    sampler = _pyspy(pid, args.seconds) if PYSPY else None
     cpu0, t0 = cpu_seconds(pid), time.perf_counter()
     broker0, load0 = cpu_seconds(broker_pid), time.process_time()
     commits, latencies = await _run_load(trackers, args.seconds, None)
@@ -216,10 +221,13 @@ async def _bench(
     figures["dmt_ingest_records_per_cpu_s"] = records / cpu if cpu else 0.0
     figures["dmt_ingest_cpu_share"] = cpu / wall
     figures["dmt_commit_full_load_p50_ms"] = statistics.median(latencies) * 1000
-    # Half the measured rate: each tracker paced.
+    if sampler is not None:
+        sampler.wait(30)
+    # Half the measured rate: each tracker paced, long enough for a few commits each.
     interval = args.devices * args.batch / (rate / 2)
     cpu0, t0 = cpu_seconds(pid), time.perf_counter()
-    commits, latencies = await _run_load(trackers, args.seconds, interval)
+    paced = min(max(args.seconds, 4 * interval), 90.0)
+    commits, latencies = await _run_load(trackers, paced, interval)
     wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
     latencies.sort()
     figures["dmt_half_load_records_per_s"] = commits * args.batch / wall
@@ -233,6 +241,16 @@ async def _bench(
     return figures
 
 
+def _pyspy(pid: int, seconds: float) -> subprocess.Popen[bytes]:
+    exe = Path(sys.executable).with_name("py-spy")
+    command = [str(exe) if exe.exists() else "py-spy", "record", "--pid", str(pid)]
+    return subprocess.Popen(
+        [*command, "--duration", str(int(seconds)), "--rate", "200", "--nonblocking",
+         "--format", "raw", "-o", str(PYSPY)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 def bench_dmt_ingest(args: argparse.Namespace) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="fleetgate-dmt-bench-") as tmp:
         broker = start_tansu(log=Path(tmp) / "tansu.log")
@@ -242,20 +260,28 @@ def bench_dmt_ingest(args: argparse.Namespace) -> dict[str, float]:
             asyncio.run(wait_kafka(bootstrap))
             asyncio.run(create_topics(bootstrap))
             port = free_port()
-            env = os.environ | {
-                "FLEETGATE_KAFKA_BOOTSTRAP": bootstrap,
-                "FLEETGATE_CAMERA_ENABLED": "false",
-                "FLEETGATE_DMT_HOST": "127.0.0.1",
-                "FLEETGATE_DMT_PORT": str(port),
-                "FLEETGATE_LOG_LEVEL": "WARNING",
-                "FLEETGATE_METRICS_PORT": "0",
-            }
+            env = (
+                os.environ
+                | TANSU_CLIENT_ENV
+                | {
+                    "FLEETGATE_KAFKA_BOOTSTRAP": bootstrap,
+                    "FLEETGATE_CAMERA_ENABLED": "false",
+                    "FLEETGATE_DMT_HOST": "127.0.0.1",
+                    "FLEETGATE_DMT_PORT": str(port),
+                    "FLEETGATE_LOG_LEVEL": "WARNING",
+                    "FLEETGATE_METRICS_PORT": "0",
+                }
+            )
             with open(Path(tmp) / "ingestor.log", "wb") as log:
                 ingestor = subprocess.Popen(
                     [sys.executable, *PROFILE, "-m", "fleetgate", "ingestor"], env=env, stdout=log,
                     stderr=subprocess.STDOUT,
                 )  # fmt: skip
-                _wait_port(port, ingestor)
+                try:
+                    _wait_port(port, ingestor)
+                except RuntimeError as exc:
+                    tail = (Path(tmp) / "ingestor.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"{exc}:\n{tail}") from exc
                 assert broker.popen is not None
                 return asyncio.run(_bench(port, ingestor.pid, broker.popen.pid, args))
         finally:

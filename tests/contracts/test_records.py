@@ -9,7 +9,13 @@ from hypothesis import HealthCheck, given, settings
 
 import contracts
 from contracts import Topic
-from contracts.dmt import PROTOCOL, device_identity, telemetry_record, telemetry_record_json
+from contracts.dmt import (
+    PROTOCOL,
+    TelemetryJson,
+    device_identity,
+    telemetry_record,
+    telemetry_record_json,
+)
 from contracts.records import (
     DeviceIdentity,
     DeviceStatus,
@@ -271,6 +277,10 @@ def test_json_path_gives_the_model_bytes_for_the_vector_and_fixed_records() -> N
             )
             model = telemetry_record(record, hello, session_id="s", ingestor="i", received_at=at)
             assert fast == contracts.encode(model)
+            # the session's mapper (identity built once), with or without the record id given
+            session = TelemetryJson(hello, session_id="s", ingestor="i")
+            rid = record_id(PROTOCOL, hello.imei, record.sequence, record.device_time)
+            assert session(record, at) == fast == session(record, at, rid)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -280,4 +290,5 @@ def test_json_path_gives_the_model_bytes_for_any_record(record: Record) -> None:
     model = telemetry_record(record, hello, session_id="s", ingestor="i", received_at=AT)
     fast = telemetry_record_json(record, hello, session_id="s", ingestor="i", received_at=AT)
     assert fast == contracts.encode(model)
+    assert TelemetryJson(hello, session_id="s", ingestor="i")(record, AT) == fast
     assert contracts.decode(TelemetryRecord, fast) == model

@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
+from contracts import Topic
 from contracts.dmt import DmtClosed, DmtConnected, DmtHello
 from contracts.records import RawHeader
 from devstack.infra import TANSU_CLIENT_ENV, create_topics, start_tansu, wait_kafka
 from dmtproto import MessageType, decode_message_records
+from ingestor.sink import KafkaSink
 from simulator.dmt import DmtSimulationConfig, simulate_dmt
 from tests.dmt_e2e.dmt_helpers import (
     FailingSink,
@@ -153,6 +155,70 @@ async def test_kafka_failure_means_no_commit_and_the_session_closes(kafka: str) 
                 await wire.read()  # until EOF
         assert wire.commits == [] and len(device.pending) == 3  # the device still has them
         await wire.close()
+
+
+class OneFailsSink:
+    """The real sink, direct path included, but the third record on
+    ``fleetgate.records.v1`` fails instead of being acknowledged; the records around it are
+    acknowledged."""
+
+    def __init__(self, inner: KafkaSink) -> None:
+        self.inner = inner
+        self.records = 0
+        self.direct = 0
+
+    def _fails(self, topic: str) -> bool:
+        if topic != Topic.RECORDS:
+            return False
+        self.records += 1
+        return self.records == 3
+
+    def _failed(self) -> asyncio.Future[Any]:
+        failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        failed.set_exception(ConnectionError("NOT_ENOUGH_REPLICAS (test)"))
+        return failed
+
+    def send_now(
+        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> asyncio.Future[Any] | None:
+        future = self.inner.send_now(topic, key, value, headers)
+        if future is None:
+            return None  # ``send`` takes it: counted there
+        self.direct += 1
+        return self._failed() if self._fails(topic) else future
+
+    async def send(
+        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> asyncio.Future[Any]:
+        future = await self.inner.send(topic, key, value, headers)
+        return self._failed() if self._fails(topic) else future
+
+
+async def test_one_failed_record_amid_acknowledged_ones_means_no_commit(kafka: str) -> None:
+    """Five records, one commit request: the third fails while the others (the last
+    included) are acknowledged. No commit; the session closes with kafka_error and the
+    device keeps all five to send again."""
+    device = tracker(IMEI, records=5)
+    holder: dict[str, OneFailsSink] = {}
+
+    def one_fails(inner: Any) -> OneFailsSink:
+        holder["sink"] = OneFailsSink(inner)
+        return holder["sink"]
+
+    before = metric(
+        "fleetgate_ingestor_sessions_closed_total", protocol="dmt", reason="kafka_error"
+    )
+    async with running(kafka, one_fails) as (ingestor, _):
+        wire = await Wire.open(ingestor.ports["dmt"], device, records_per_message=5)
+        assert await _upload(wire) == 5
+        async with asyncio.timeout(10):
+            while not wire.eof:
+                await wire.read()
+        assert wire.commits == [] and len(device.pending) == 5
+        assert holder["sink"].records == 5 and holder["sink"].direct > 0
+        await wire.close()
+    after = metric("fleetgate_ingestor_sessions_closed_total", protocol="dmt", reason="kafka_error")
+    assert after == before + 1
 
 
 async def test_resent_records_keep_their_record_id(kafka: str) -> None:

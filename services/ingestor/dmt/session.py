@@ -1,7 +1,7 @@
 """One Digital Matter connection's adapter: ``dmtproto.ServerConnection`` events <-> Kafka.
 
 Each record goes out twice, keyed by the IMEI: decoded on ``fleetgate.records.v1`` (the
-shared telemetry layout, :func:`contracts.dmt.telemetry_record_json`) and as the device sent
+shared telemetry layout, :class:`contracts.dmt.TelemetryJson`) and as the device sent
 it on ``fleetgate.dmt.raw.v1`` (headers :class:`contracts.records.RawHeader`). A commit
 request is answered only after the ledger's barrier: Kafka acknowledged (``acks=all``) every
 record received before it. The device deletes what we commit, so when Kafka fails there is
@@ -26,9 +26,9 @@ from contracts.dmt import (
     DmtClosed,
     DmtConnected,
     DmtHello,
+    TelemetryJson,
     device_identity,
     telemetry_record,
-    telemetry_record_json,
 )
 from contracts.models import encode
 from contracts.records import DeviceStatus, RawHeader, apply_record, record_id
@@ -64,17 +64,33 @@ _INGESTOR = RawHeader.INGESTOR.value
 _RECEIVED_AT = RawHeader.RECEIVED_AT.value
 _MESSAGE_TYPE = RawHeader.MESSAGE_TYPE.value
 _HELLO = RawHeader.HELLO.value
+#: A raw record's ``fg-message-type`` header value, per message type.
+_TYPE_HEADERS: dict[int, tuple[str, bytes]] = {}
+
+
+def _type_header(message_type: int) -> tuple[str, bytes]:
+    header = _TYPE_HEADERS.get(message_type)
+    if header is None:
+        header = _TYPE_HEADERS[message_type] = (_MESSAGE_TYPE, str(int(message_type)).encode())
+    return header
 
 
 def _has_fix(record: Record | FixedRecord) -> bool:
     if isinstance(record, FixedRecord):
         return record.valid
-    return any(isinstance(f, GpsField) and f.valid for f in record.fields)
+    for field in record.fields:  # noqa: SIM110 (per record: a loop costs less than any())
+        if isinstance(field, GpsField) and field.valid:
+            return True
+    return False
 
 
 def _newer(record: Record | FixedRecord, than: Record | FixedRecord | None) -> bool:
     if than is None:
         return True
+    if isinstance(record, Record) and isinstance(than, Record):
+        # Wire times order as device times do; 0: the device's clock was not set.
+        mine_s, theirs_s = record.time, than.time
+        return not mine_s or not theirs_s or mine_s >= theirs_s
     mine, theirs = record.device_time, than.device_time
     return mine is None or theirs is None or mine >= theirs
 
@@ -98,6 +114,7 @@ class DmtSession(Session):
             unix_time=time.time(),
         )
         self._hello: HelloReceived | None = None
+        self._json: TelemetryJson | None = None
         self._key = b""
         self._raw_headers: list[tuple[str, bytes]] = []
         #: A record's headers also carry the session's HELLO (forwarding needs it).
@@ -109,6 +126,8 @@ class DmtSession(Session):
         self._detail = "session closed"
         self._opened = time.monotonic()
         self._records = edge_metrics.records.labels(link.protocol)
+        #: Records published since the counter was last moved (once per batch of events).
+        self._counted = 0
 
     # What the edge asks ---------------------------------------------------------------
 
@@ -186,11 +205,24 @@ class DmtSession(Session):
     async def _handle(self, events: list[Event]) -> None:
         if not events:
             return
+        try:
+            await self._events(events)
+        finally:
+            if self._counted:  # the records counter moves once per batch of events
+                self._records.inc(self._counted)
+                self._counted = 0
+
+    async def _events(self, events: list[Event]) -> None:
         received_at = datetime.now(UTC)
         millis = str(int(received_at.timestamp() * 1000)).encode()
+        #: A raw record's headers after its id, but for its message type (after the HELLO).
+        shared: tuple[tuple[str, bytes], ...] | None = None
         for event in events:
             if isinstance(event, RecordReceived):
-                await self._on_record(event, received_at, millis)
+                if shared is None:
+                    shared = (*self._record_headers, (_RECEIVED_AT, millis))
+                await self._on_record(event, received_at, shared)
+                self._counted += 1
             elif isinstance(event, CommitRequested):
                 await self._on_commit()
             elif isinstance(event, HelloReceived):
@@ -206,6 +238,7 @@ class DmtSession(Session):
         link = self.link
         link.identify(event.imei)  # NotAllowed: nothing of the device is published
         self._hello = event
+        self._json = TelemetryJson(event, session_id=link.session_id, ingestor=link.instance)
         self._key = event.imei.encode()
         self._raw_headers = [
             (_SESSION, link.session_id.encode()),
@@ -228,31 +261,23 @@ class DmtSession(Session):
         self._status = registry.connected(link, identity, received_at)
         await registry.publish(link, self._status)
 
-    async def _on_record(self, event: RecordReceived, received_at: datetime, millis: bytes) -> None:
-        hello = self._hello
-        assert hello is not None  # the core allows records only after HELLO
+    async def _on_record(
+        self,
+        event: RecordReceived,
+        received_at: datetime,
+        shared: tuple[tuple[str, bytes], ...],
+    ) -> None:
+        hello, to_json = self._hello, self._json
+        assert hello is not None and to_json is not None  # records come only after HELLO
         record = event.record
         ledger = self.link.ledger
-        value = telemetry_record_json(
-            record,
-            hello,
-            session_id=self.link.session_id,
-            ingestor=self.link.instance,
-            received_at=received_at,
-        )
-        await ledger.publish(Topic.RECORDS, self._key, value)
         rid = record_id(PROTOCOL, hello.imei, record.sequence, record.device_time)
-        headers = [
-            (_RECORD_ID, rid.encode()),
-            *self._record_headers,
-            (_RECEIVED_AT, millis),
-            (_MESSAGE_TYPE, str(int(event.message_type)).encode()),
-        ]
+        await ledger.publish(Topic.RECORDS, self._key, to_json(record, received_at, rid))
+        headers = [(_RECORD_ID, rid.encode()), *shared, _type_header(event.message_type)]
         await ledger.publish(Topic.DMT_RAW, self._key, event.raw, headers)
-        self._records.inc()
         if _newer(record, self._latest):
             self._latest = record
-        if _has_fix(record) and _newer(record, self._latest_fix):
+        if _newer(record, self._latest_fix) and _has_fix(record):
             self._latest_fix = record
 
     async def _on_commit(self) -> None:

@@ -1,0 +1,138 @@
+"""The ledger's window: a barrier passes only when Kafka acknowledged every record published
+before it, each one checked (none assumed acknowledged because a later one was), and the
+direct path into aiokafka's open batch lands records where ``send`` would."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+
+from contracts import Topic
+from ingestor.sink import KafkaFailed, KafkaSink, Ledger
+from tests.ingestor.ingestor_helpers import settings
+
+
+class HandSink:
+    """Each record's acknowledgement is a future the test resolves."""
+
+    def __init__(self) -> None:
+        self.futures: list[asyncio.Future[Any]] = []
+
+    async def send(
+        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.futures.append(future)
+        return future
+
+
+def _ack(future: asyncio.Future[Any]) -> None:
+    future.set_result(type("Meta", (), {"offset": 0, "partition": 0})())
+
+
+async def _window(records: int, ack_within: float = 5.0) -> tuple[HandSink, Ledger]:
+    sink = HandSink()
+    ledger = Ledger(sink, ack_within)
+    for i in range(records):
+        await ledger.publish("t", b"k", bytes(10 + i))
+    return sink, ledger
+
+
+@pytest.mark.parametrize("failed", [0, 2, 4])
+async def test_one_failed_record_in_a_window_fails_the_barrier(failed: int) -> None:
+    """The others, earlier and later, are acknowledged; the barrier still fails, and so does
+    every later one: what the device would be told is not all in Kafka."""
+    sink, ledger = await _window(5)
+    for i, future in enumerate(sink.futures):
+        if i == failed:
+            future.set_exception(ConnectionError("NOT_ENOUGH_REPLICAS"))
+        else:
+            _ack(future)
+    with pytest.raises(KafkaFailed, match="NOT_ENOUGH_REPLICAS"):
+        await ledger.barrier()
+    with pytest.raises(KafkaFailed):
+        await ledger.barrier()
+
+
+async def test_a_record_failing_last_while_the_barrier_waits() -> None:
+    """Every record but one is acknowledged, the last of them first; the barrier waits for
+    the one in between, and fails with it."""
+    sink, ledger = await _window(5)
+    _ack(sink.futures[4])
+    for future in sink.futures[:2]:
+        _ack(future)
+    _ack(sink.futures[3])
+    barrier = asyncio.ensure_future(ledger.barrier())
+    await asyncio.sleep(0.05)
+    assert not barrier.done()  # the last record acknowledged says nothing of the others
+    sink.futures[2].set_exception(ConnectionError("REQUEST_TIMED_OUT"))
+    with pytest.raises(KafkaFailed, match="REQUEST_TIMED_OUT"):
+        await asyncio.wait_for(barrier, 5)
+
+
+async def test_the_barrier_passes_once_every_record_is_acknowledged() -> None:
+    sink, ledger = await _window(4)
+    barrier = asyncio.ensure_future(ledger.barrier())
+    for future in reversed(sink.futures[1:]):
+        _ack(future)
+        await asyncio.sleep(0.01)
+        assert not barrier.done()
+    _ack(sink.futures[0])
+    await asyncio.wait_for(barrier, 5)
+    assert ledger.pending_bytes == 0
+    await ledger.publish("t", b"k", b"next")  # a new window starts clean
+    assert ledger.pending_bytes == 4
+
+
+async def test_bound_waits_only_down_to_its_limit() -> None:
+    sink, ledger = await _window(3)  # 10 + 11 + 12 bytes
+    _ack(sink.futures[0])
+    await asyncio.wait_for(ledger.bound(23), 5)  # the first acknowledged: 23 left
+    assert ledger.pending_bytes == 23
+    bound = asyncio.ensure_future(ledger.bound(12))
+    await asyncio.sleep(0.02)
+    assert not bound.done()
+    _ack(sink.futures[1])
+    await asyncio.wait_for(bound, 5)
+    assert ledger.pending_bytes == 12
+
+
+async def test_a_record_never_acknowledged_fails_within_the_timeout() -> None:
+    _sink, ledger = await _window(2, ack_within=0.2)
+    with pytest.raises(KafkaFailed, match="not acknowledged"):
+        await asyncio.wait_for(ledger.barrier(), 5)
+
+
+async def test_direct_appends_land_where_send_puts_them(kafka: str) -> None:
+    """Records of a few keys through the ledger on the real producer: after each
+    partition's first record (``send`` opens its batch), the rest go straight into the open
+    batch; every record lands on the partition aiokafka's partitioner gives its key, in the
+    order published."""
+    sink = KafkaSink(settings(kafka).ingestor)
+    await sink.producer.start()
+    try:
+        ledger = Ledger(sink, 30.0)
+        keys = [f"35209308000000{i}".encode() for i in range(3)]
+        sent: list[tuple[bytes, asyncio.Future[Any]]] = []
+        direct = 0
+        for i in range(300):
+            key = keys[i % 3]
+            if sink.send_now(Topic.RECORDS, key, b"probe", []) is not None:
+                direct += 1  # the probe itself went in too: acknowledged with the rest
+            sent.append((key, await ledger.publish(Topic.RECORDS, key, f"{i}".encode())))
+        await ledger.barrier()
+        cluster = sink.producer.client.cluster
+        partitions = list(cluster.partitions_for_topic(str(Topic.RECORDS)))
+        available = list(cluster.available_partitions_for_topic(str(Topic.RECORDS)))
+        last: dict[int, int] = {}
+        for key, future in sent:
+            meta = future.result()
+            assert meta.partition == DefaultPartitioner()(key, partitions, available)
+            assert meta.offset > last.get(meta.partition, -1)
+            last[meta.partition] = meta.offset
+        assert direct > 200  # the direct path, not send, took most of them
+    finally:
+        await sink.producer.stop()
