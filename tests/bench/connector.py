@@ -30,6 +30,8 @@ import contextlib
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -284,18 +286,10 @@ async def scenario(
         "FLEETGATE_S3_ENDPOINT": "127.0.0.1:9",
     }
     command = [sys.executable, "-m", "fleetgate", "connector"]
-    profile = os.environ.get("FLEETGATE_BENCH_PYSPY")
-    if profile:
-        out = Path(profile) / f"connector-{name}.txt"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
-        command = [spy, "record", "--format", "raw", "--rate", "250", "-o", str(out), "--"]
-        command += [sys.executable, "-m", "fleetgate", "connector"]
     connector = Process(f"connector-{name}", command, 0, data / f"{name}.log", env=env).start()
     assert connector.popen is not None
     pid = connector.popen.pid
-    if profile:  # py-spy's child is the connector
-        pid = await _child_of(pid)
+    spy = _profile(pid, name)
     samples: list[tuple[float, int, int, float]] = []
     done = False
     try:
@@ -317,6 +311,9 @@ async def scenario(
                 break
             await asyncio.sleep(0.02)
     finally:
+        if spy is not None:  # SIGINT: py-spy writes its profile and exits
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
         connector.stop(timeout=25)
     if not done:
         raise SystemExit(f"{name}: not every event delivered within {within} s: {samples[-1]}")
@@ -350,21 +347,17 @@ def _batches_done(samples: list[tuple[float, int, int, float]], events: int) -> 
     return bool(earlier) and earlier[-1][1] == posts
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-async def _child_of(pid: int, within: float = 10.0) -> int:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        children = _children(pid)
-        if children:
-            return children[0]
-        await asyncio.sleep(0.01)
-    raise SystemExit("py-spy started no connector")
+def _profile(pid: int, name: str) -> subprocess.Popen[bytes] | None:
+    """With ``FLEETGATE_BENCH_PYSPY=DIR``: py-spy records ``pid`` into DIR/connector-NAME.txt
+    (collapsed stacks, for ``flamegraph.pl`` or speedscope) until it gets SIGINT."""
+    directory = os.environ.get("FLEETGATE_BENCH_PYSPY")
+    if not directory:
+        return None
+    out = Path(directory) / f"connector-{name}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+    args = [spy, "record", "--format", "raw", "--rate", "200", "--pid", str(pid), "-o", str(out)]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 async def bench_connector(args: argparse.Namespace) -> dict[str, Any]:
