@@ -211,6 +211,7 @@ class EndpointClient:
             headers["Authorization"] = f"Bearer {endpoint.auth.bearer.get_secret_value()}"
         self._templates = {k: v for k, v in endpoint.headers.items() if _dynamic(v)}
         self._url_template = _dynamic(endpoint.url)
+        self._url_fields = [f for f in DYNAMIC_FIELDS if f in endpoint.url]
         #: A host given by dynamic fields can be an IP address only known per event.
         self._check_host = not endpoint.allow_private_network and _dynamic(_authority(endpoint.url))
         for name, value in endpoint.headers.items():
@@ -274,7 +275,7 @@ class EndpointClient:
         """The endpoint's URL with its dynamic fields filled in (percent-encoded)."""
         if not self._url_template:
             return self.endpoint.url
-        quoted = {k: urllib.parse.quote(v, safe="") for k, v in fields.items()}
+        quoted = {k: urllib.parse.quote(fields.get(k, ""), safe="") for k in self._url_fields}
         return _fill(self.endpoint.url, quoted)
 
     async def post(
@@ -292,8 +293,6 @@ class EndpointClient:
     ) -> Attempt:
         values = fields if fields is not None else {IMEI_PLACEHOLDER: imei}
         timeout = self.endpoint.timeout_seconds
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
         started = time.perf_counter()
         session = self._client()
         url = self.url(values)
@@ -304,11 +303,8 @@ class EndpointClient:
             except DestinationRefused as exc:
                 return Attempt(Verdict.REFUSED, None, time.perf_counter() - started, str(exc))
         headers = self.headers(event_id, imei, body, fields=values)
-        try:
-            async with asyncio.timeout_at(deadline):
-                response = await session.post(
-                    url, data=body, headers=headers, allow_redirects=False
-                )
+        try:  # within the session's total timeout: connection, request and answer
+            response = await session.post(url, data=body, headers=headers, allow_redirects=False)
         except DestinationRefused as exc:
             return Attempt(Verdict.REFUSED, None, time.perf_counter() - started, str(exc))
         except TimeoutError:  # asyncio's and aiohttp's own (ServerTimeoutError is one)
@@ -323,14 +319,13 @@ class EndpointClient:
         limit = MAX_BODY_BYTES if 200 <= status < 300 else ERROR_BODY_BYTES
         text = b""
         try:
+            # Still within the total timeout; a body cut short changes nothing.
             with contextlib.suppress(TimeoutError, aiohttp.ClientError, OSError):
-                # a body cut short changes nothing
-                async with asyncio.timeout_at(deadline):
-                    while len(text) < limit:
-                        chunk = await response.content.read(limit - len(text))
-                        if not chunk:
-                            break
-                        text += chunk
+                while len(text) < limit:
+                    chunk = await response.content.read(limit - len(text))
+                    if not chunk:
+                        break
+                    text += chunk
         finally:
             response.release()
         seconds = time.perf_counter() - started

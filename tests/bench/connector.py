@@ -259,6 +259,7 @@ async def scenario(
     events: int,
     data: Path,
     within: float,
+    concurrency: int,
 ) -> dict[str, Any]:
     topic, options = SCENARIOS[name]
     run = f"{name}-{int(time.time() * 1000)}"
@@ -267,7 +268,7 @@ async def scenario(
     config.write_text(
         "endpoints:\n"
         f"  - {{name: sink, url: 'http://127.0.0.1:{receiver}/hooks/[IMEI]',"
-        f" allow_private_network: true, {options}}}\n"
+        f" allow_private_network: true, max_concurrency: {concurrency}, {options}}}\n"
     )
     await _start_group_at_end(bootstrap, f"{prefix}-sink")
     source = file_events(events, run) if topic == str(Topic.FILES) else record_events(events, run)
@@ -317,6 +318,7 @@ async def scenario(
         connector.stop(timeout=25)
     if not done:
         raise SystemExit(f"{name}: not every event delivered within {within} s: {samples[-1]}")
+    (data / f"{name}-samples.json").write_text(json.dumps(samples))  # time, posts, ids, cpu
     first = next(s for s in samples if s[1] > 0)
     last = next(s for s in samples if s[1] == samples[-1][1])  # not the quiet tail of batches
     posts = last[1] - first[1]
@@ -398,6 +400,7 @@ async def bench_connector(args: argparse.Namespace) -> dict[str, Any]:
                 events=args.events,
                 data=data,
                 within=args.timeout,
+                concurrency=args.max_concurrency,
             )
         return figures
     finally:
@@ -415,6 +418,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--scenarios", nargs="+", choices=sorted(SCENARIOS), default=list(SCENARIOS)
     )
     parser.add_argument("--broker", choices=("tansu", "kafka"), default="tansu")
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=10,
+        help="the endpoint's max_concurrency (requests in flight; 10 is its default)",
+    )
     parser.add_argument("--timeout", type=float, default=180, help="longest wait per scenario")
     parser.add_argument("--keep", action="store_true", help="keep the logs and configs")
 

@@ -8,7 +8,7 @@ import base64
 import dataclasses
 import re
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
@@ -306,6 +306,30 @@ def _settings(**overrides: object) -> ConnectorSettings:
         "s3_secret_key": "SK",
     }
     return ConnectorSettings(**(values | overrides))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"s3_endpoint": "https://s3.eu-west-1.amazonaws.com", "s3_region": "eu-west-1"},
+        {"s3_public_url": "https://files.example.com", "presign_expiry_seconds": 3600},
+    ],
+)
+def test_presigned_urls_are_the_ones_minio_signs(overrides: dict[str, object]) -> None:
+    """The connector signs download URLs itself (a kept signing key per day); minio's own
+    presigning is the reference, for awkward keys and across midnight."""
+    presigner = Presigner(_settings(s3_secret_key="SK/+x", **overrides))
+    reference = presigner._client
+    for key in ("356307042441013/2026/11/30/x-1.jpg", "a b/c+d~é.jpg", "x/%41?&=#.mp4"):
+        for now in (
+            datetime(2026, 11, 30, 23, 59, 59, 999, tzinfo=UTC),
+            datetime(2026, 12, 1, 5, 0, 1, tzinfo=timezone(timedelta(hours=5))),
+        ):
+            expected = reference.presigned_get_object(
+                "fleetgate", key, presigner.expiry, request_date=now.replace(microsecond=0)
+            )
+            assert presigner.url("fleetgate", key, now)[0] == expected
 
 
 def test_presigned_urls_name_the_public_host_when_given() -> None:
