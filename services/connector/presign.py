@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlunsplit
 
 from minio import Minio
 from minio.helpers import check_bucket_name, check_object_name, queryencode
@@ -66,8 +65,8 @@ class Presigner:
     def _sign(self, scheme: str, host: str, path: str, now: datetime) -> str:
         """SigV4 query signing of a GET (AWS "Authenticating Requests: Using Query
         Parameters"): host the only signed header, payload unsigned."""
-        utc = now.astimezone(UTC)
-        date = utc.strftime("%Y%m%d")
+        stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+        date = stamp[:8]
         if self._day is None or self._day[0] != date:
             scope = f"{date}/{self._region}/s3/aws4_request"
             key = _hmac(("AWS4" + self._secret_key).encode(), date)
@@ -75,7 +74,6 @@ class Presigner:
                 key = _hmac(key, part)
             self._day = (date, queryencode(f"{self._access_key}/{scope}"), key)
         _, credential, signing_key = self._day
-        stamp = utc.strftime("%Y%m%dT%H%M%SZ")
         query = (
             "X-Amz-Algorithm=AWS4-HMAC-SHA256"
             f"&X-Amz-Credential={credential}"
@@ -89,7 +87,7 @@ class Presigner:
             f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n" + hashlib.sha256(request.encode()).hexdigest()
         )
         signature = hmac.digest(signing_key, to_sign.encode(), "sha256").hex()
-        return urlunsplit((scheme, host, path, f"{query}&X-Amz-Signature={signature}", ""))
+        return f"{scheme}://{host}{path}?{query}&X-Amz-Signature={signature}"
 
 
 def _hmac(key: bytes, text: str) -> bytes:
