@@ -7,9 +7,12 @@ dead endpoint never holds another back. The group reads ``fleetgate.files.v1``,
 topic (one per step of the schedule, shared by all endpoints; each group acts only on its own
 endpoint's records and passes over the others').
 
-Inside one endpoint each partition is handled in order, one record at a time, and partitions
-proceed concurrently (a batch goes to a task of its partition, which is paused meanwhile while
-the main loop keeps polling, so group membership stays alive however long a wait lasts).
+Inside one endpoint partitions proceed concurrently (a batch goes to a task of its partition,
+which is paused meanwhile while the main loop keeps polling, so group membership stays alive
+however long a wait lasts). In a partition of new events each device's events (one Kafka key)
+are handled in order, one at a time, and different devices' side by side: up to
+``max_concurrency`` first attempts of the endpoint in flight, fewer while it fails (see
+:class:`_Window`). A retry topic's partition is handled in order, one record at a time.
 
 - A new event (``fleetgate.files.v1``) gets one attempt at once. On a failure worth retrying it
   is written to the first retry topic (or the one ``Retry-After`` asks for), on a 4xx to the
@@ -35,8 +38,10 @@ parked. Without ``batch`` nothing of this runs.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
+import logging
 import time
 import uuid
 from collections.abc import Iterable
@@ -95,6 +100,19 @@ COMMIT_INTERVAL = 1.0
 POLL_MS = 200
 #: This process, in the ``fg-queued-by`` header of the retry records it writes.
 INSTANCE = uuid.uuid4().hex[:16]
+#: The ``result`` label of ``fleetgate_connector_deliveries_total`` for each verdict.
+_RESULTS = {
+    Verdict.DELIVERED: "success",
+    Verdict.RETRY: "failure",
+    Verdict.REJECT: "rejected",
+    Verdict.REFUSED: "refused",
+}
+
+
+def _info_enabled() -> bool:
+    """Whether the connector's info lines are written (the standard library's level check is
+    cached; structlog would build and render the line first and drop it after)."""
+    return logging.getLogger("fleetgate.connector").isEnabledFor(logging.INFO)
 
 
 def why_not_an_event(value: bytes | None) -> str:
@@ -215,6 +233,54 @@ class _Backlog:
         self.forget({*self._written, *self._open, *self._fetched})
 
 
+class _Window:
+    """How many first attempts of an endpoint may be in flight at once: up to ``limit``
+    (``max_concurrency``), from one, doubling with each attempt that shows the endpoint works
+    and back to one after each that counts against it. A healthy endpoint soon has ``limit``
+    requests in flight; one that just died gets them one at a time, so its circuit breaker
+    opens after ``failures`` attempts, not after a whole window of them."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.allowed = 1
+        self.busy = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self) -> None:
+        while self.busy >= self.allowed:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                else:
+                    self._wake()  # it had its turn: pass it on
+                raise
+        self.busy += 1
+
+    def release(self) -> None:
+        self.busy -= 1
+        self._wake()
+
+    def learn(self, alive: bool | None) -> None:
+        """An attempt's outcome, as the circuit breaker reads it."""
+        if alive is True:
+            self.allowed = min(self.limit, self.allowed * 2)
+            self._wake()
+        elif alive is False:
+            self.allowed = 1
+
+    def _wake(self) -> None:
+        free = self.allowed - self.busy
+        while free > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                free -= 1
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, owner: EndpointWorker) -> None:
         self.owner = owner
@@ -248,6 +314,14 @@ class EndpointWorker:
         self.presigner = presigner
         self.publisher = publisher
         metrics.init(endpoint.name)
+        #: This endpoint's series, looked up once (not per delivery).
+        self._m_deliveries = {
+            verdict: metrics.deliveries.labels(endpoint.name, result)
+            for verdict, result in _RESULTS.items()
+        }
+        self._m_seconds = metrics.delivery_seconds.labels(endpoint.name)
+        self._m_age = metrics.delivered_age_seconds.labels(endpoint.name)
+        self._m_last_success = metrics.last_success.labels(endpoint.name)
         self.client = client or EndpointClient(endpoint)
         self.schedule = Schedule.of(config.retry)
         self.tier_topics = config.retry.topics
@@ -279,6 +353,8 @@ class EndpointWorker:
         #: the last record taken from it (finished, or waiting in a batch).
         self._batchers: dict[TopicPartition, Batcher] = {}
         self._taken: dict[TopicPartition, int] = {}
+        #: First attempts in flight, over all partitions.
+        self._window = _Window(endpoint.max_concurrency)
 
     # --- the consumer loop ---------------------------------------------------------------
 
@@ -317,9 +393,13 @@ class EndpointWorker:
                 if not task.cancelled() and (exc := task.exception()) is not None:
                     raise exc
 
-    async def _drain(self, tp: TopicPartition, records: Iterable[Any]) -> None:
-        """Handle ``records`` (one partition, in order), then commit and fetch more."""
+    async def _drain(self, tp: TopicPartition, records: list[Any]) -> None:
+        """Handle ``records`` (one partition), then commit and fetch more."""
         batching = self.endpoint.batch is not None and tp.topic == str(Topic.RECORDS)
+        if not batching and tp.topic not in self.tiers:
+            if await self._handle_devices(tp, records):
+                await self._resume(tp)
+            return
         for record in records:
             if batching:
                 if not await self._collect(tp, record):
@@ -333,6 +413,45 @@ class EndpointWorker:
         if batching and not await self._send_due(tp):
             return
         await self._resume(tp)
+
+    async def _handle_devices(self, tp: TopicPartition, records: list[Any]) -> bool:
+        """New events of one partition: each device's (Kafka key's) in order, devices side by
+        side (requests in flight as :class:`_Window` allows). The partition's offset moves
+        only over events that are finished; False if stopped first."""
+        chains: dict[bytes | None, list[Any]] = {}
+        for record in records:
+            chains.setdefault(record.key, []).append(record)
+        queue = list(chains.values())
+        queue.reverse()  # popped from the end: the partition's order of first appearance
+        finished: set[int] = set()
+        position = 0
+
+        async def worker() -> bool:
+            nonlocal position
+            while queue:
+                for record in queue.pop():
+                    if self._stop.is_set():
+                        return False
+                    if not await self._handle(record):
+                        return False  # stopping: commit nothing past what was finished
+                    finished.add(record.offset)
+                    if record.offset == records[position].offset:
+                        while position < len(records) and records[position].offset in finished:
+                            position += 1
+                        self._finished[tp] = records[position - 1].offset + 1
+            return True
+
+        if len(queue) == 1:
+            return await worker()
+        workers = [
+            asyncio.create_task(worker())
+            for _ in range(min(len(queue), self.endpoint.max_concurrency))
+        ]
+        try:
+            return all(await asyncio.gather(*workers))
+        finally:
+            for task in workers:
+                task.cancel()
 
     async def _resume(self, tp: TopicPartition) -> None:
         await self._commit()
@@ -462,11 +581,16 @@ class EndpointWorker:
             source=f"{record.topic}/{record.partition}/{record.offset}",
             source_time=record.timestamp / 1000 if record.timestamp is not None else None,
         )
+        await self._window.acquire()
         permit = self.breaker.acquire()
         if permit is None:  # open: no request, straight to the first retry step
+            self._window.release()
             state = replace(state, last_error="not attempted: circuit breaker open")
             return await self._later(event, record.value, state, None, None)
-        return await self._attempt(event, record.value, state, None, permit)
+        try:
+            return await self._attempt(event, record.value, state, None, permit)
+        finally:
+            self._window.release()
 
     async def _retry(self, record: Any, tier: int) -> bool:
         state = RetryState.from_headers(record.headers)
@@ -509,6 +633,7 @@ class EndpointWorker:
             self.breaker.release(permit)
             raise
         self.breaker.record(permit, attempt.alive)
+        self._window.learn(attempt.alive)
         now = time.time()
         self._observe(event, state, attempt, now, probe=permit.probe)
         if attempt.verdict is Verdict.DELIVERED:
@@ -530,13 +655,15 @@ class EndpointWorker:
         now: float,
         probe: bool,
     ) -> None:
-        result = {
-            Verdict.DELIVERED: "success",
-            Verdict.RETRY: "failure",
-            Verdict.REJECT: "rejected",
-            Verdict.REFUSED: "refused",
-        }[attempt.verdict]
-        metrics.deliveries.labels(self.name, result).inc()
+        self._m_deliveries[attempt.verdict].inc()
+        if attempt.verdict is Verdict.DELIVERED:
+            self._m_seconds.observe(attempt.seconds)
+            self._m_last_success.set(now)
+            if state.source_time is not None:
+                self._m_age.observe(max(0.0, now - state.source_time))
+            # One line per delivery: built only when it is written (level info).
+            if not _info_enabled():
+                return
         fields: dict[str, Any] = {
             "endpoint": self.name,
             "event_id": event.event_id,
@@ -552,16 +679,10 @@ class EndpointWorker:
             fields["records"] = len(event.records)
         if attempt.verdict is Verdict.REFUSED:
             _log.error("delivery_refused", **fields, error=attempt.error)
-            return
-        metrics.delivery_seconds.labels(self.name).observe(attempt.seconds)
-        if attempt.verdict is Verdict.DELIVERED:
-            metrics.last_success.labels(self.name).set(now)
-            if state.source_time is not None:
-                metrics.delivered_age_seconds.labels(self.name).observe(
-                    max(0.0, now - state.source_time)
-                )
+        elif attempt.verdict is Verdict.DELIVERED:
             _log.info("delivered", **fields)
         else:
+            self._m_seconds.observe(attempt.seconds)
             _log.warning("delivery_failed", **fields, error=attempt.error)
 
     async def _later(

@@ -101,8 +101,9 @@ def webhook_body(
         return RecordWebhook(timestamp=event.device_time or event.received_at, data=event)
     if isinstance(event, FileStored):
         url, expires = presigner.url(event.bucket, event.key, now)
-        data = StoredFileData.model_validate(
-            {**event.model_dump(), "download_url": url, "download_url_expires_at": expires}
+        # The event was validated when decoded: its fields carry over as they are.
+        data = StoredFileData.model_construct(
+            **dict(event), download_url=url, download_url_expires_at=expires
         )
         return WebhookBody(type=event.type, timestamp=event.stored_at, data=data)
     return WebhookBody(type=event.type, timestamp=event.failed_at, data=event)

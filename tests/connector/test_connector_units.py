@@ -8,14 +8,14 @@ import base64
 import dataclasses
 import re
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
+from aiohttp import web
 from pydantic import ValidationError
 from standardwebhooks import Webhook, WebhookVerificationError
 
@@ -308,6 +308,30 @@ def _settings(**overrides: object) -> ConnectorSettings:
     return ConnectorSettings(**(values | overrides))  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"s3_endpoint": "https://s3.eu-west-1.amazonaws.com", "s3_region": "eu-west-1"},
+        {"s3_public_url": "https://files.example.com", "presign_expiry_seconds": 3600},
+    ],
+)
+def test_presigned_urls_are_the_ones_minio_signs(overrides: dict[str, object]) -> None:
+    """The connector signs download URLs itself (a kept signing key per day); minio's own
+    presigning is the reference, for awkward keys and across midnight."""
+    presigner = Presigner(_settings(s3_secret_key="SK/+x", **overrides))
+    reference = presigner._client
+    for key in ("356307042441013/2026/11/30/x-1.jpg", "a b/c+d~é.jpg", "x/%41?&=#.mp4"):
+        for now in (
+            datetime(2026, 11, 30, 23, 59, 59, 999, tzinfo=UTC),
+            datetime(2026, 12, 1, 5, 0, 1, tzinfo=timezone(timedelta(hours=5))),
+        ):
+            expected = reference.presigned_get_object(
+                "fleetgate", key, presigner.expiry, request_date=now.replace(microsecond=0)
+            )
+            assert presigner.url("fleetgate", key, now)[0] == expected
+
+
 def test_presigned_urls_name_the_public_host_when_given() -> None:
     now = datetime(2026, 11, 20, 12, 0, 0, 123456, tzinfo=UTC)
     url, expires = Presigner(_settings()).url("fleetgate", "a/b c.jpg", now)
@@ -322,6 +346,19 @@ def test_presigned_urls_name_the_public_host_when_given() -> None:
     assert url.startswith("https://files.example.com/fleetgate/k.jpg?")
     assert parse_qs(urlsplit(url).query)["X-Amz-Expires"] == ["3600"]
     assert expires - now.replace(microsecond=0) == timedelta(hours=1)
+
+
+async def test_an_address_made_of_dynamic_fields_is_checked_per_event() -> None:
+    # 120.0.0.1 when the config is loaded; 127.0.0.1 for a device whose serial is 7.
+    port = free_port()
+    text = f"endpoints: [{{name: unit-dyn, url: 'http://12[SERIAL].0.0.1:{port}/h'}}]"
+    client = EndpointClient(parse_config(text).endpoints[0])
+    try:
+        attempt = await client.post(b"{}", "ev-1", "1", {"[IMEI]": "1", "[SERIAL]": "7"})
+    finally:
+        await client.aclose()
+    assert attempt.verdict is Verdict.REFUSED and attempt.error is not None
+    assert "127.0.0.1 is a loopback address" in attempt.error
 
 
 @pytest.mark.parametrize(
@@ -389,30 +426,42 @@ async def test_a_refused_connection_is_a_failed_attempt() -> None:
 
 async def test_answers_become_attempts_with_their_reason() -> None:
     answers = [
-        httpx.Response(503, text="busy " * 100),
-        httpx.Response(429, headers={"Retry-After": "7"}),
-        httpx.Response(410, text="gone"),
-        httpx.Response(204),
+        web.Response(status=503, text="busy " * 100),
+        web.Response(status=429, headers={"Retry-After": "7"}),
+        web.Response(status=410, text="gone"),
+        web.Response(status=204),
+        web.Response(status=302, headers={"Location": "/elsewhere"}),
     ]
-    seen: list[httpx.Request] = []
+    seen: list[str] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.headers["webhook-id"])
         return answers.pop(0)
 
-    endpoint = parse_config("endpoints: [{name: unit-mock, url: 'http://x/h'}]").endpoints[0]
-    client = EndpointClient(endpoint, transport=httpx.MockTransport(handler))
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    text = (
+        f"endpoints: [{{name: unit-http, url: 'http://127.0.0.1:{port}/h',"
+        " allow_private_network: true}]"
+    )
+    client = EndpointClient(parse_config(text).endpoints[0])
     try:
-        busy, limited, gone, done = [await client.post(b"{}", "ev", "1") for _ in range(4)]
+        busy, limited, gone, done, moved = [await client.post(b"{}", "ev", "1") for _ in range(5)]
     finally:
         await client.aclose()
+        await runner.cleanup()
     assert busy.verdict is Verdict.RETRY and busy.error is not None
     assert busy.error.startswith("HTTP 503: busy") and len(busy.error) <= 210
     assert limited.verdict is Verdict.RETRY and limited.retry_after == 7
     assert limited.alive is True  # a 429 is an endpoint that works: the breaker stays closed
     assert gone.verdict is Verdict.REJECT and gone.error == "HTTP 410: gone"
     assert done.verdict is Verdict.DELIVERED and done.status == 204
-    assert {r.headers["webhook-id"] for r in seen} == {"ev"}
+    assert moved.verdict is Verdict.RETRY and moved.status == 302  # not followed
+    assert seen == ["ev"] * 5
 
 
 def test_the_readme_verifier_accepts_our_signatures_and_nothing_else() -> None:
