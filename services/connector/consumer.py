@@ -51,7 +51,7 @@ from typing import Any
 
 import orjson
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
@@ -78,6 +78,7 @@ from .events import (
     webhook_body,
 )
 from .forward import ForwardWorker
+from .group import Rebalance, sleep_unless_stopped
 from .presign import Presigner
 from .protection import CircuitBreaker, Permit
 from .retry import DeadLetterNow, RetryState, Schedule, next_step, utc
@@ -131,15 +132,6 @@ def why_not_an_event(value: bytes | None) -> str:
     return "not a valid file event or record"
 
 
-async def _wait(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep ``seconds`` unless ``stop`` is set first; True if it slept the whole time."""
-    if seconds <= 0:
-        return not stop.is_set()
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-    return not stop.is_set()
-
-
 class Publisher:
     """The process's producer for retry records and dead letters.
 
@@ -178,7 +170,7 @@ class Publisher:
                 return await self.producer.send_and_wait(topic, value, key=key, headers=headers)
             except KafkaError as exc:
                 _log.warning("publish_failed", topic=topic, error=repr(exc), retry_in=delay)
-                await _wait(stop, delay)
+                await sleep_unless_stopped(stop, delay)
                 delay = min(delay * 2, 5.0)
         return None
 
@@ -281,21 +273,6 @@ class _Window:
                 free -= 1
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, owner: EndpointWorker) -> None:
-        self.owner = owner
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.owner.revoke(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        _log.info(
-            "partitions_assigned",
-            endpoint=self.owner.name,
-            partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned),
-        )
-
-
 class EndpointWorker:
     """Delivers ``fleetgate.files.v1`` and its retries to one endpoint until ``stop`` is set."""
 
@@ -361,7 +338,7 @@ class EndpointWorker:
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
         topics = [*source_topics(self.endpoint), *self.tier_topics]
-        self.consumer.subscribe(topics, listener=_Rebalance(self))
+        self.consumer.subscribe(topics, listener=Rebalance(self))
         committer = asyncio.create_task(self._commit_periodically())
         try:
             await self.consumer.start()
@@ -599,7 +576,7 @@ class EndpointWorker:
             if state is None:
                 _log.error("retry_record_unreadable", endpoint=self.name, offset=record.offset)
             return True
-        if not await _wait(self._stop, state.due - time.time()):
+        if not await sleep_unless_stopped(self._stop, state.due - time.time()):
             return False
         if not self._accepts(event):  # the filter changed since it was queued
             return True

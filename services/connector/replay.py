@@ -238,7 +238,7 @@ class _Replayer:
             self.slots.release()
 
 
-async def _replayed(settings: ConnectorSettings, endpoint: str) -> dict[str, datetime]:
+async def replayed_before(settings: ConnectorSettings, endpoint: str) -> dict[str, datetime]:
     """event id -> when an earlier replay last delivered it to ``endpoint``."""
     delivered: dict[str, datetime] = {}
     async for record in scan(settings, str(Topic.REPLAYS)):
@@ -291,7 +291,7 @@ async def replay(
 async def _dead_letters(
     settings: ConnectorSettings, endpoint: Endpoint, report: ReplayReport, replayer: _Replayer
 ) -> None:
-    earlier = await _replayed(settings, endpoint.name)
+    earlier = await replayed_before(settings, endpoint.name)
     this_run: set[str] = set()
     batches = _Batches(endpoint, replayer, dead_letters=True)
     async for record in scan(settings, str(Topic.DEADLETTER)):

@@ -23,7 +23,7 @@ from dmtproto import DmtDevice
 from runtime.kafka import producer_kwargs
 
 from ..config import ConnectorConfig, Endpoint
-from ..replay import MAX_WAIT, ReplayReport, scan
+from ..replay import MAX_WAIT, ReplayReport, replayed_before, scan
 from ..retry import Schedule
 from ..settings import ConnectorSettings
 from .plan import DeviceRun, Item, Target, Unusable, hello_of, read_item, runs
@@ -119,21 +119,6 @@ async def _forward_run(
             break
         await asyncio.sleep(min(schedule.delays[min(n - 1, schedule.last)], MAX_WAIT))
     return results + [(item, (False, attempts, error)) for item in run.items]
-
-
-async def replayed_before(settings: ConnectorSettings, endpoint: str) -> dict[str, datetime]:
-    """event id -> when an earlier replay last delivered it to ``endpoint``."""
-    delivered: dict[str, datetime] = {}
-    async for record in scan(settings, str(Topic.REPLAYS)):
-        try:
-            outcome = ReplayOutcome.model_validate_json(record.value)
-        except (ValidationError, ValueError):
-            continue
-        if outcome.endpoint == endpoint and outcome.delivered:
-            seen = delivered.get(outcome.event_id)
-            if seen is None or outcome.replayed_at > seen:
-                delivered[outcome.event_id] = outcome.replayed_at
-    return delivered
 
 
 async def _dead_letters(

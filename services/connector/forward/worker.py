@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from contracts import DeadLetter, Topic, encode
@@ -40,6 +40,7 @@ from runtime.kafka import consumer_kwargs
 
 from .. import metrics as connector_metrics
 from ..config import ConnectorConfig, Endpoint
+from ..group import Rebalance, sleep_unless_stopped
 from ..protection import CircuitBreaker
 from ..retry import DeadLetterNow, RetryState, Schedule, next_step, utc
 from ..settings import ConnectorSettings
@@ -71,29 +72,6 @@ class DeadLetterSink(Protocol):
         stop: asyncio.Event,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> Any: ...
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep ``seconds`` unless ``stop`` is set first; True if it slept the whole time."""
-    if seconds > 0:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), seconds)
-    return not stop.is_set()
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, owner: ForwardWorker) -> None:
-        self.owner = owner
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.owner.revoke(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        _log.info(
-            "partitions_assigned",
-            endpoint=self.owner.name,
-            partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned),
-        )
 
 
 class ForwardWorker:
@@ -147,7 +125,7 @@ class ForwardWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
-        self.consumer.subscribe([str(Topic.DMT_RAW)], listener=_Rebalance(self))
+        self.consumer.subscribe([str(Topic.DMT_RAW)], listener=Rebalance(self))
         committer = asyncio.create_task(self._commit_periodically())
         try:
             await self.consumer.start()
@@ -282,7 +260,7 @@ class ForwardWorker:
                 return await self._dead_letter(run, state, step.reason)
             tier = step.tier
             connector_metrics.retries.labels(self.name).inc()
-            if not await _wait(self._stop, step.due - time.time()):
+            if not await sleep_unless_stopped(self._stop, step.due - time.time()):
                 return False
 
     def _observe(
