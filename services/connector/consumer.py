@@ -227,14 +227,19 @@ class _Backlog:
 
 class _Window:
     """How many first attempts of an endpoint may be in flight at once: up to ``limit``
-    (``max_concurrency``), from one, doubling with each attempt that shows the endpoint works
-    and back to one after each that counts against it. A healthy endpoint soon has ``limit``
-    requests in flight; one that just died gets them one at a time, so its circuit breaker
-    opens after ``failures`` attempts, not after a whole window of them."""
+    (``max_concurrency``), from :attr:`FLOOR`, doubling with each attempt that shows the
+    endpoint works and back to the floor after each that counts against it. A healthy
+    endpoint soon has ``limit`` requests in flight; one that just died gets a few at a time,
+    so its circuit breaker opens after about ``failures`` attempts, not a whole window. The
+    floor is not one: a single request held by a hanging endpoint must not stop the rest
+    (one request per partition of the files topic was the concurrency before the window)."""
+
+    FLOOR = 4
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.allowed = 1
+        self.floor = min(limit, self.FLOOR)
+        self.allowed = self.floor
         self.busy = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
@@ -262,7 +267,7 @@ class _Window:
             self.allowed = min(self.limit, self.allowed * 2)
             self._wake()
         elif alive is False:
-            self.allowed = 1
+            self.allowed = self.floor
 
     def _wake(self) -> None:
         free = self.allowed - self.busy

@@ -484,3 +484,26 @@ def test_the_readme_verifier_accepts_our_signatures_and_nothing_else() -> None:
     assert not verify(other, headers, body)
     old = client.headers("ev-9", "1", body, timestamp=int(time.time()) - 3600)
     assert not verify(SECRET_A, {k.lower(): v for k, v in old.items()}, body)
+
+
+async def test_a_held_request_and_failures_leave_room_for_others() -> None:
+    """The in-flight window never shrinks below its floor: one request a hanging endpoint
+    holds, plus failures of others, still leaves room (else the endpoint stalls until the
+    held request times out)."""
+    from connector.consumer import _Window
+
+    window = _Window(10)
+    assert window.allowed == _Window.FLOOR == 4
+    await window.acquire()  # held by a hanging endpoint
+    for _ in range(2):  # two attempts fail
+        await window.acquire()
+        window.learn(False)
+        window.release()
+    assert window.allowed == 4
+    for _ in range(3):  # the others still go
+        await asyncio.wait_for(window.acquire(), 1)
+    with pytest.raises(TimeoutError):  # the floor holds: a fifth waits
+        await asyncio.wait_for(window.acquire(), 0.05)
+    window.learn(True)  # a success doubles it
+    assert window.allowed == 8
+    assert _Window(2).allowed == 2  # never above max_concurrency
