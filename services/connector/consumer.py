@@ -78,7 +78,7 @@ from .events import (
     webhook_body,
 )
 from .forward import ForwardWorker
-from .group import Rebalance, sleep_unless_stopped
+from .group import Rebalance, commit_new, sleep_unless_stopped
 from .presign import Presigner
 from .protection import CircuitBreaker, Permit
 from .retry import DeadLetterNow, RetryState, Schedule, next_step, utc
@@ -762,19 +762,9 @@ class EndpointWorker:
         offsets = {
             tp: offset
             for tp, offset in self._finished.items()
-            if tp in assigned
-            and (only is None or tp in only)
-            and self._committed.get(tp, -1) < offset
+            if tp in assigned and (only is None or tp in only)
         }
-        if not offsets:
-            return
-        try:
-            await self.consumer.commit(offsets)
-        except KafkaError as exc:  # e.g. a rebalance: the next commit carries these offsets
-            _log.warning("commit_failed", endpoint=self.name, error=repr(exc))
-            return
-        for tp, offset in offsets.items():
-            self._committed[tp] = max(offset, self._committed.get(tp, -1))
+        await commit_new(self.consumer, self.name, offsets, self._committed)
 
     async def _commit_periodically(self) -> None:
         while True:

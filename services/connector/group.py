@@ -1,16 +1,19 @@
 """What the webhook worker and the forwarding worker share about running one endpoint's
-consumer group: the rebalance listener and a wait that a stop cuts short."""
+consumer group: the rebalance listener, committing offsets, and a wait that a stop cuts
+short."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 
-__all__ = ["Rebalance", "Worker", "sleep_unless_stopped"]
+__all__ = ["Rebalance", "Worker", "commit_new", "sleep_unless_stopped"]
 
 _log = structlog.get_logger("fleetgate.connector")
 
@@ -48,3 +51,23 @@ async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> bool:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), seconds)
     return not stop.is_set()
+
+
+async def commit_new(
+    consumer: Any,
+    endpoint: str,
+    offsets: Mapping[TopicPartition, int],
+    committed: dict[TopicPartition, int],
+) -> None:
+    """Commit those of ``offsets`` beyond what ``committed`` holds, and note them there. A
+    failed commit (a rebalance, say) is logged: the next one carries the same offsets."""
+    new = {tp: offset for tp, offset in offsets.items() if committed.get(tp, -1) < offset}
+    if not new:
+        return
+    try:
+        await consumer.commit(new)
+    except KafkaError as exc:
+        _log.warning("commit_failed", endpoint=endpoint, error=repr(exc))
+        return
+    for tp, offset in new.items():
+        committed[tp] = max(offset, committed.get(tp, -1))

@@ -32,7 +32,6 @@ from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 
 from contracts import DeadLetter, Topic, encode
 from dmtproto import DmtDevice
@@ -40,7 +39,7 @@ from runtime.kafka import consumer_kwargs
 
 from .. import metrics as connector_metrics
 from ..config import ConnectorConfig, Endpoint
-from ..group import Rebalance, sleep_unless_stopped
+from ..group import Rebalance, commit_new, sleep_unless_stopped
 from ..protection import CircuitBreaker
 from ..retry import DeadLetterNow, RetryState, Schedule, next_step, utc
 from ..settings import ConnectorSettings
@@ -344,20 +343,9 @@ class ForwardWorker:
         offsets = {
             tp: done.committable
             for tp, done in self._offsets.items()
-            if done.committable is not None
-            and tp in assigned
-            and (wanted is None or tp in wanted)
-            and self._committed.get(tp, -1) < done.committable
+            if done.committable is not None and tp in assigned and (wanted is None or tp in wanted)
         }
-        if not offsets:
-            return
-        try:
-            await self.consumer.commit(offsets)
-        except KafkaError as exc:  # e.g. a rebalance: the next commit carries these offsets
-            _log.warning("commit_failed", endpoint=self.name, error=repr(exc))
-            return
-        for tp, offset in offsets.items():
-            self._committed[tp] = max(offset, self._committed.get(tp, -1))
+        await commit_new(self.consumer, self.name, offsets, self._committed)
 
     async def _commit_periodically(self) -> None:
         while True:
