@@ -124,16 +124,22 @@ class CircuitBreaker:
 
 
 class RateLimiter:
-    """At most ``rate`` requests a second, evenly spaced (no bursts)."""
+    """At most ``rate`` requests a second, evenly spaced (no bursts).
+
+    Callers take the slot in turn, and the next slot is counted from when the previous one was
+    actually granted. Reserving future slots up front instead lets waiters woken late (a busy
+    event loop) all go at once: a burst at the receiver."""
 
     def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval = 1.0 / rate
         self.clock = clock
         self._next = 0.0
+        self._turn = asyncio.Lock()
 
     async def acquire(self) -> None:
-        now = self.clock()
-        slot = max(now, self._next)
-        self._next = slot + self.interval
-        if slot > now:
-            await asyncio.sleep(slot - now)
+        async with self._turn:
+            now = self.clock()
+            if self._next > now:
+                await asyncio.sleep(self._next - now)
+                now = self.clock()
+            self._next = now + self.interval

@@ -294,7 +294,12 @@ async def test_filters_by_type_device_camera_and_media(kafka: str, s3: S3) -> No
             {"name": "f-all", "url": everything.url},
         )
         async with running(settings_for(kafka, s3), config):
-            await wait_for(lambda: len(everything.delivered()) == 5, "everything to f-all")
+            # Each endpoint is its own consumer: wait for every one, not just f-all.
+            expected = {everything: 5, photos: 2, device_b: 3, cameras: 2}
+            await wait_for(
+                lambda: all(len(r.delivered()) >= n for r, n in expected.items()),
+                "every endpoint's deliveries",
+            )
             await wait_for(
                 lambda: (
                     sum(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import itertools
 import re
 import time
 from datetime import UTC, datetime, timedelta, timezone
@@ -255,6 +256,25 @@ async def test_rate_limiter_spaces_requests_evenly() -> None:
     for _ in range(11):
         await limiter.acquire()
     assert 0.19 < time.monotonic() - started < 2.0  # 10 intervals of 20 ms, at least
+
+
+async def test_rate_limiter_does_not_burst_when_its_waiters_wake_late() -> None:
+    """Eight callers wait at once; the event loop is then blocked for longer than all their
+    slots. Each grant still comes an interval after the one before, counted from real time."""
+    limiter = RateLimiter(50)  # 20 ms apart
+    granted: list[float] = []
+
+    async def one() -> None:
+        await limiter.acquire()
+        granted.append(time.monotonic())
+
+    tasks = [asyncio.create_task(one()) for _ in range(8)]
+    await asyncio.sleep(0)  # the first takes its slot, the others wait
+    time.sleep(0.2)  # noqa: ASYNC251 - a busy loop: every reserved slot is in the past now
+    await asyncio.gather(*tasks)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(granted)]
+    assert len(gaps) == 7
+    assert min(gaps) >= 0.02 - 0.002
 
 
 @pytest.mark.parametrize(
