@@ -132,7 +132,9 @@ async def test_one_endpoint_down_for_two_minutes_does_not_slow_the_others(
                 await asyncio.sleep(BASELINE_SECONDS)
 
                 phase = "outage"
-                down.close()  # connection refused from now on
+                # Connection refused from now on; closed off the event loop, which the
+                # connector under test shares.
+                await asyncio.to_thread(down.close)
                 hang.set()  # accepts, never answers
                 await asyncio.sleep(OUTAGE_SECONDS)
 
