@@ -299,8 +299,9 @@ def apply_record(previous: DeviceStatus | None, record: TelemetryRecord) -> Devi
 
     Records can arrive out of order (a resend of old records): a record older (by device
     time) than the last one applied only refreshes ``last_seen``. A newer record replaces
-    the values it carries; ``last_position`` only with a valid fix (else the last one stays);
-    ``last_connection`` is the session's business and stays.
+    the values it carries, ``last_position`` only with a valid fix (else the last one
+    stays); it only fills identity fields not known (they are its session's, entered by
+    :func:`apply_session`); ``last_connection`` is the session's business and stays.
     """
     base = previous.model_dump() if previous is not None else {}
     update: dict[str, object] = {
@@ -313,8 +314,13 @@ def apply_record(previous: DeviceStatus | None, record: TelemetryRecord) -> Devi
     }
     last = previous.last_record_time if previous is not None else None
     newer = last is None or record.device_time is None or record.device_time >= last
+    # The identity a record carries is its session's (DMT: the HELLO), which apply_session
+    # entered when that session started; a session that started since (on another ingestor,
+    # say) told a newer one. A record only fills what is not known.
+    for name, value in record.device.model_dump(exclude={"imei"}, exclude_none=True).items():
+        if base.get(name) is None:
+            update[name] = value
     if newer:
-        update |= record.device.model_dump(exclude={"imei"}, exclude_none=True)
         update |= {"last_record_id": record.record_id, "last_record_time": record.device_time}
         for measurement in record.analogues:
             if measurement.name in _MEASURED:
