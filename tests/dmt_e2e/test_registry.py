@@ -12,14 +12,18 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import httpx
 import pytest
 
 from contracts.dmt import DmtClosed
 from dmtproto import Analogue16, Analogue16Field, DmtDevice, Hello
+from dmtproto.oem_json import decode_oem_json
 from simulator import ContentSpec, Fleet, SimulationConfig, simulate
 from tests.dmt_e2e.dmt_helpers import Landed, Wire, read_landed, running, tracker
 from tests.helpers import eventually
 from tests.ingestor import ingestor_helpers
+from tests.ingestor_oem import oem_helpers
+from tests.ingestor_oem.oem_helpers import EDGE
 
 
 async def test_cameras_appear_in_the_registry(kafka: str) -> None:
@@ -228,3 +232,33 @@ async def test_a_status_read_back_late_does_not_replace_a_newer_one(kafka: str) 
     status = landed.devices[IMEI]
     assert status.last_position is not None and status.firmware == "1.10"
     assert status.last_connection is not None and status.last_connection.ingestor == "ingestor-b"
+
+
+async def test_the_oem_intake_publishes_on_top_of_the_last_known_status(kafka: str) -> None:
+    """A tracker talks TCP to one ingestor, then its OEM Server posts a body (records without
+    a fix, older than the tracker's) to another's JSON intake: the intake's status has the new
+    connection and identity and keeps the tracker's position and power."""
+    body = decode_oem_json(EDGE)
+    imei = body.device.imei
+    async with running(kafka, edge={"instance": "ingestor-a"}) as (a, _):
+        await _session(a.ports["dmt"], tracker(imei, records=3))
+        await read_landed(kafka, lambda out: _placed(out, imei))
+    edge = {"instance": "ingestor-b"}
+    async with (
+        oem_helpers.running(kafka, edge=edge, read_registry=True, auth="none") as served,
+        httpx.AsyncClient() as client,
+    ):
+        response = await client.post(served.url, content=EDGE)
+        assert response.status_code == 200, response.text
+
+        def posted(landed: Landed) -> bool:
+            status = landed.devices.get(imei)
+            return bool(status and status.last_connection and status.firmware == "1.12")
+
+        landed = await read_landed(kafka, posted)
+    status = landed.devices[imei]
+    assert status.last_connection is not None and status.last_connection.ingestor == "ingestor-b"
+    assert status.hardware_revision == 1 and status.iccid == body.device.iccid  # the body's
+    assert status.last_position is not None  # the tracker's
+    assert abs(status.last_position.latitude - (-33.798)) < 1e-6
+    assert status.battery_voltage == 4.002 and status.temperature_c == 21.5
