@@ -41,6 +41,7 @@ from contracts import Topic
 from contracts.models import encode
 from contracts.records import DeviceIdentity, DeviceStatus, LastConnection, apply_session
 
+from . import metrics
 from .follow import TopicFollower
 from .settings import IngestorSettings
 from .sink import Ledger
@@ -84,6 +85,7 @@ class RegistryBook:
         except ValidationError as exc:  # it parsed as JSON with a stamp, but is no status
             del self._entries[imei]
             self.malformed += 1
+            metrics.registry_errors.inc()
             _log.warning("registry_malformed", imei=imei, error=str(exc)[:200])
             return None
 
@@ -104,6 +106,7 @@ class RegistryBook:
         stamp = _stamp(value)
         if stamp is None:
             self.malformed += 1
+            metrics.registry_errors.inc()
             _log.warning("registry_malformed", key=repr(key)[:80])
             return False
         imei, when = stamp
@@ -133,6 +136,10 @@ class RegistryReader(TopicFollower):
     def describe(self) -> dict[str, object]:
         return {"devices": len(self.book), "malformed": self.book.malformed}
 
+    def failed(self, exc: Exception) -> None:
+        metrics.registry_errors.inc()
+        super().failed(exc)
+
 
 class DeviceRegistry:
     """The process's view of the registry; with ``read``, filled from the topic at
@@ -143,6 +150,8 @@ class DeviceRegistry:
         self.reader = RegistryReader(settings, self.book) if read else None
         self._following: asyncio.Task[None] | None = None
         self._reading = False
+        book = self.book
+        metrics.registry_devices.set_function(lambda: len(book))
 
     async def start(self) -> None:
         """Read the topic (bounded: see the module), then follow it in the background."""
