@@ -89,6 +89,14 @@ class RegistryBook:
             _log.warning("registry_malformed", imei=imei, error=str(exc)[:200])
             return None
 
+    def newer(self, status: DeviceStatus) -> DeviceStatus | None:
+        """The device's status known here if it is newer than ``status`` (decoded only
+        then: a session asks before each status it publishes)."""
+        entry = self._entries.get(status.imei)
+        if entry is None or entry[0] <= status.updated_at.timestamp():
+            return None
+        return self.get(status.imei)
+
     def put(self, status: DeviceStatus) -> bytes:
         """Enter ``status`` (derived from the newest known, so it is the newest) and return
         it encoded, as it goes to the topic."""
@@ -186,10 +194,7 @@ class DeviceRegistry:
     def refreshed(self, status: DeviceStatus) -> DeviceStatus:
         """The base to fold a session's news into: the newest status known of the device
         (another ingestor's, if the device moved there since), else ``status``."""
-        latest = self.latest(status.imei)
-        if latest is None or latest.updated_at <= status.updated_at:
-            return status
-        return latest
+        return self.book.newer(status) or status
 
     async def publish(self, ledger: Ledger, status: DeviceStatus) -> None:
         """Enter ``status`` in the book and hand it to ``ledger`` (a later barrier covers

@@ -10,12 +10,18 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
+from structlog.testing import capture_logs
 
+from contracts import Topic
 from contracts.dmt import DmtClosed
+from contracts.models import encode
+from contracts.records import DeviceStatus
 from dmtproto import Analogue16, Analogue16Field, DmtDevice, Hello
 from dmtproto.oem_json import decode_oem_json
 from simulator import ContentSpec, Fleet, SimulationConfig, simulate
@@ -262,3 +268,36 @@ async def test_the_oem_intake_publishes_on_top_of_the_last_known_status(kafka: s
     assert status.last_position is not None  # the tracker's
     assert abs(status.last_position.latitude - (-33.798)) < 1e-6
     assert status.battery_voltage == 4.002 and status.temperature_c == 21.5
+
+
+async def test_the_start_up_read_is_bounded_and_goes_on_behind(kafka: str) -> None:
+    """An ingestor that cannot catch up with the registry in time accepts devices anyway,
+    and keeps reading: statuses written later still reach its view."""
+    edge = {
+        "instance": "ingestor-a",
+        "registry_catchup_idle_seconds": 60,  # never caught up...
+        "registry_catchup_timeout_seconds": 0.5,  # ...so the timeout ends the wait
+    }
+    with capture_logs() as logs:
+        async with running(kafka, edge=edge, read_registry=True) as (a, _):
+            assert [e for e in logs if e["event"] == "registry_catch_up_timeout"]
+            await _session(a.ports["dmt"], tracker(IMEI, records=1))  # accepted
+            elsewhere = DeviceStatus(
+                imei="351358810439486", protocols=["dmt"], firmware="7.7",
+                last_seen=datetime.now(UTC), updated_at=datetime.now(UTC),
+            )  # fmt: skip
+            producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all")
+            await producer.start()
+            try:
+                await producer.send_and_wait(
+                    Topic.DEVICES, encode(elsewhere), key=elsewhere.imei.encode()
+                )
+            finally:
+                await producer.stop()
+
+            def known() -> bool:
+                status = a.registry.latest(elsewhere.imei)
+                return status is not None and status.firmware == "7.7"
+
+            await eventually(known, 20, "the status written after the start")
+            assert a.registry.latest(IMEI) is not None  # its own, entered as published
