@@ -98,10 +98,15 @@ class RegistryBook:
         return self.get(status.imei)
 
     def put(self, status: DeviceStatus) -> bytes:
-        """Enter ``status`` (derived from the newest known, so it is the newest) and return
-        it encoded, as it goes to the topic."""
+        """Enter a status a session of this process publishes (derived from the newest
+        known, it is at least as new: unless a newer one was read meanwhile, as the OEM
+        intake awaits Kafka between the two) and return it encoded, as it goes to the
+        topic."""
         value = encode(status)
-        self._entries[status.imei] = (status.updated_at.timestamp(), value)
+        when = status.updated_at.timestamp()
+        known = self._entries.get(status.imei)
+        if known is None or known[0] <= when:
+            self._entries[status.imei] = (when, value)
         return value
 
     def offer(self, key: bytes | None, value: bytes | None) -> bool:

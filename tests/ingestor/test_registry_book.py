@@ -40,6 +40,9 @@ CASES = {
         [("put", 30, "2.0"), ("read", 30, "2.0"), ("read", 20, "1.10")], "2.0"
     ),
     "another ingestor's newer status over own": ([("put", 30, "2.0"), ("read", 40, "2.1")], "2.1"),
+    "own status derived before a newer read keeps the read one": (
+        [("read", 40, "2.1"), ("put", 30, "2.0")], "2.1"
+    ),
     "a tombstone forgets": ([("read", 10, "1.9"), ("tombstone",)], None),
     "a status after a tombstone": (
         [("read", 10, "1.9"), ("tombstone",), ("read", 5, "1.8")], "1.8"
