@@ -43,6 +43,7 @@ __all__ = [
     "UnknownField",
     "apply_record",
     "apply_session",
+    "rebase",
     "record_id",
 ]
 
@@ -284,6 +285,21 @@ def apply_session(
     if identity is not None:
         update |= identity.model_dump(exclude={"imei"}, exclude_none=True)
     return DeviceStatus.model_validate(base | update)
+
+
+def rebase(own: DeviceStatus, newest: DeviceStatus) -> DeviceStatus:
+    """``newest`` (another writer's status of the device, newer than ``own``) as the base a
+    session folds its news into, keeping what ``own`` knows that ``newest`` may not: the
+    later-started connection, and the protocols seen. (Two writers that published within
+    one read of each other: each took the other's status for the newer.)"""
+    update: dict[str, object] = {}
+    mine, theirs = own.last_connection, newest.last_connection
+    if mine is not None and (theirs is None or mine.connected_at > theirs.connected_at):
+        update["last_connection"] = mine
+    missing = [p for p in own.protocols if p not in newest.protocols]
+    if missing:
+        update["protocols"] = [*newest.protocols, *missing]
+    return newest.model_copy(update=update) if update else newest
 
 
 _MEASURED = {

@@ -39,7 +39,13 @@ from pydantic import ValidationError
 
 from contracts import Topic
 from contracts.models import encode
-from contracts.records import DeviceIdentity, DeviceStatus, LastConnection, apply_session
+from contracts.records import (
+    DeviceIdentity,
+    DeviceStatus,
+    LastConnection,
+    apply_session,
+    rebase,
+)
 
 from . import metrics
 from .follow import TopicFollower
@@ -198,8 +204,10 @@ class DeviceRegistry:
 
     def refreshed(self, status: DeviceStatus) -> DeviceStatus:
         """The base to fold a session's news into: the newest status known of the device
-        (another ingestor's, if the device moved there since), else ``status``."""
-        return self.book.newer(status) or status
+        (another ingestor's, if the device moved there since: :func:`~contracts.records.rebase`
+        keeps the later connection of the two), else ``status``."""
+        newest = self.book.newer(status)
+        return status if newest is None else rebase(status, newest)
 
     async def publish(self, ledger: Ledger, status: DeviceStatus) -> None:
         """Enter ``status`` in the book and hand it to ``ledger`` (a later barrier covers

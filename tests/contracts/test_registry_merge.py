@@ -19,6 +19,7 @@ from contracts.records import (
     TelemetryRecord,
     apply_record,
     apply_session,
+    rebase,
 )
 
 IMEI = "352093081234567"
@@ -189,3 +190,31 @@ def test_a_record_folds_into_the_last_known_status(case: RecordCase) -> None:
     assert got == case.expected
     if case.previous is not None:
         assert status.updated_at >= case.previous.updated_at
+
+
+#: (a session's own last status, the newer one another ingestor wrote, fields of the base)
+REBASES = {
+    "the other's news is the base": (
+        SESSION_KNOWN, KNOWN.model_copy(update={"firmware": "2.0", "updated_at": at(300),
+                                                "last_connection": connection("dmt", "c", 250)}),
+        {"firmware": "2.0", "last_connection": connection("dmt", "c", 250)},
+    ),
+    "written before it read this session's start: the later connection stays": (
+        SESSION_KNOWN, KNOWN.model_copy(update={"firmware": "2.0", "updated_at": at(300)}),
+        {"firmware": "2.0", "last_connection": connection()},
+    ),
+    "protocols this session saw are kept": (
+        apply_session(KNOWN, IMEI, connection("camera", "b", 100)),
+        KNOWN.model_copy(update={"updated_at": at(300)}),
+        {"protocols": ["dmt", "camera"], "last_connection": connection("camera", "b", 100)},
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("own", "newest", "expected"), REBASES.values(), ids=REBASES.keys())
+def test_a_newer_status_from_elsewhere_becomes_the_base(
+    own: DeviceStatus, newest: DeviceStatus, expected: dict[str, Any]
+) -> None:
+    base = rebase(own, newest)
+    assert {name: getattr(base, name) for name in expected} == expected
+    assert base.updated_at == newest.updated_at

@@ -96,7 +96,10 @@ def test_sessions_start_from_and_build_on_the_newest_status() -> None:
     # another ingestor's newer status arrives: the session's next status builds on it
     newer = status(60, "1.10")
     registry.book.offer(KEY, encode(newer))
-    assert registry.refreshed(started) == newer
+    base = registry.refreshed(started)
+    assert base.firmware == "1.10" and base.updated_at == newer.updated_at
+    assert base.last_connection == started.last_connection  # the session's, the later one
+    assert base.protocols == ["dmt", "camera"]
     assert registry.refreshed(newer.model_copy(update={"updated_at": T0})) == newer
     mine = started.model_copy(update={"updated_at": T0 + timedelta(seconds=99)})
     assert registry.refreshed(mine) is mine  # the session's own is the newest
