@@ -24,6 +24,7 @@ from contracts.models import encode
 from contracts.records import DeviceStatus
 from dmtproto import Analogue16, Analogue16Field, DmtDevice, Hello
 from dmtproto.oem_json import decode_oem_json
+from ingestor.registry import DeviceRegistry
 from simulator import ContentSpec, Fleet, SimulationConfig, simulate
 from tests.dmt_e2e.dmt_helpers import Landed, Wire, read_landed, running, tracker
 from tests.helpers import eventually
@@ -97,6 +98,15 @@ async def _session(port: int, device: DmtDevice) -> None:
         await wire.close()
 
 
+async def _knows(registry: DeviceRegistry, imei: str) -> None:
+    """Until ``registry`` holds a status of ``imei`` with a position. Its start-up read
+    normally has it already; but that read ends at the first quiet 0.3 s, which a loaded
+    machine can produce with records left: the test then waits for the reader that follows."""
+    await eventually(
+        lambda: bool((s := registry.latest(imei)) and s.last_position), 20, f"{imei} read"
+    )
+
+
 def _placed(landed: Landed, imei: str) -> bool:
     """The latest status of ``imei`` has a position."""
     status = landed.devices.get(imei)
@@ -146,6 +156,7 @@ async def test_a_device_back_on_another_ingestor_keeps_what_earlier_sessions_tol
     # Ingestor B, started after A's statuses are in Kafka, reads them before accepting.
     edge = {"instance": "ingestor-b"}
     async with running(kafka, edge=edge, read_registry=True) as (b, _):
+        await _knows(b.registry, IMEI)
         device = _again(IMEI, firmware_minor=10, records=records)
         await _session(b.ports["dmt"], device)
         landed = await read_landed(kafka, _last_connection_by("ingestor-b"))
@@ -184,6 +195,7 @@ async def test_a_camera_session_after_a_tracker_session_keeps_the_tracker_fields
         await read_landed(kafka, lambda out: _placed(out, imei))
     edge = {"instance": "ingestor-b"}
     async with running(kafka, edge=edge, read_registry=True, camera=True) as (b, _):
+        await _knows(b.registry, imei)
         report = await simulate(replace(config, port=b.ports["camera"]))
         assert report.ok, report.summary()
 
@@ -254,6 +266,7 @@ async def test_the_oem_intake_publishes_on_top_of_the_last_known_status(kafka: s
         oem_helpers.running(kafka, edge=edge, read_registry=True, auth="none") as served,
         httpx.AsyncClient() as client,
     ):
+        await _knows(served.intake.registry, imei)
         response = await client.post(served.url, content=EDGE)
         assert response.status_code == 200, response.text
 
