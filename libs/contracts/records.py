@@ -15,7 +15,8 @@ Kafka outage): the same IMEI, sequence number and device time, hence the same
 
 ``fleetgate.devices.v1`` is compacted, key = IMEI: the latest :class:`DeviceStatus` of each
 device (identity, last connection, last power, temperature, signal and position), folded from
-sessions and records by :func:`apply_session` and :func:`apply_record`.
+sessions and records by :func:`apply_session` and :func:`apply_record`, each starting from the
+device's last known status, so the latest record carries everything known.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = [
     "UnknownField",
     "apply_record",
     "apply_session",
+    "rebase",
     "record_id",
 ]
 
@@ -242,7 +244,16 @@ class DeviceStatus(_Model):
     last_position: Position | None = Field(None, description="the last valid position")
     last_record_id: str | None = None
     last_record_time: datetime | None = Field(None, description="device time of that record")
-    updated_at: datetime
+    updated_at: datetime = Field(
+        description="when this status was made (the writer's clock), never before the status "
+        "it was derived from: of two statuses of a device, the later updated_at is the newer"
+    )
+
+
+def _updated(previous: DeviceStatus | None, at: datetime) -> datetime:
+    """A status derived from ``previous`` is never older than it: readers keep the newest by
+    ``updated_at`` (ingestors' clocks differ a little)."""
+    return at if previous is None else max(at, previous.updated_at)
 
 
 def _protocols(previous: DeviceStatus | None, protocol: str) -> list[str]:
@@ -256,18 +267,39 @@ def apply_session(
     connection: LastConnection,
     identity: DeviceIdentity | None = None,
 ) -> DeviceStatus:
-    """The registry entry after a session started (with the identity the device sent)."""
+    """The registry entry after a session started (with the identity the device sent).
+
+    Starts from ``previous``, the device's last known status: what this session does not tell
+    (position, power, an identity a camera session never sends) carries over; the identity
+    fields it does send replace the old ones; ``last_connection`` is this session's.
+    """
     base = previous.model_dump() if previous is not None else {}
+    at = connection.connected_at
     update = {
         "imei": imei,
         "protocols": _protocols(previous, connection.protocol),
-        "last_seen": connection.connected_at,
+        "last_seen": at if previous is None else max(at, previous.last_seen),
         "last_connection": connection,
-        "updated_at": connection.connected_at,
+        "updated_at": _updated(previous, at),
     }
     if identity is not None:
         update |= identity.model_dump(exclude={"imei"}, exclude_none=True)
     return DeviceStatus.model_validate(base | update)
+
+
+def rebase(own: DeviceStatus, newest: DeviceStatus) -> DeviceStatus:
+    """``newest`` (another writer's status of the device, newer than ``own``) as the base a
+    session folds its news into, keeping what ``own`` knows that ``newest`` may not: the
+    later-started connection, and the protocols seen. (Two writers that published within
+    one read of each other: each took the other's status for the newer.)"""
+    update: dict[str, object] = {}
+    mine, theirs = own.last_connection, newest.last_connection
+    if mine is not None and (theirs is None or mine.connected_at > theirs.connected_at):
+        update["last_connection"] = mine
+    missing = [p for p in own.protocols if p not in newest.protocols]
+    if missing:
+        update["protocols"] = [*newest.protocols, *missing]
+    return newest.model_copy(update=update) if update else newest
 
 
 _MEASURED = {
@@ -282,7 +314,10 @@ def apply_record(previous: DeviceStatus | None, record: TelemetryRecord) -> Devi
     """The registry entry after a record: identity, power, temperature, signal, position.
 
     Records can arrive out of order (a resend of old records): a record older (by device
-    time) than the last one applied only refreshes ``last_seen``.
+    time) than the last one applied only refreshes ``last_seen``. A newer record replaces
+    the values it carries, ``last_position`` only with a valid fix (else the last one
+    stays); it only fills identity fields not known (they are its session's, entered by
+    :func:`apply_session`); ``last_connection`` is the session's business and stays.
     """
     base = previous.model_dump() if previous is not None else {}
     update: dict[str, object] = {
@@ -291,12 +326,17 @@ def apply_record(previous: DeviceStatus | None, record: TelemetryRecord) -> Devi
         "last_seen": max(record.received_at, previous.last_seen)
         if previous is not None
         else record.received_at,
-        "updated_at": record.received_at,
+        "updated_at": _updated(previous, record.received_at),
     }
     last = previous.last_record_time if previous is not None else None
     newer = last is None or record.device_time is None or record.device_time >= last
+    # The identity a record carries is its session's (DMT: the HELLO), which apply_session
+    # entered when that session started; a session that started since (on another ingestor,
+    # say) told a newer one. A record only fills what is not known.
+    for name, value in record.device.model_dump(exclude={"imei"}, exclude_none=True).items():
+        if base.get(name) is None:
+            update[name] = value
     if newer:
-        update |= record.device.model_dump(exclude={"imei"}, exclude_none=True)
         update |= {"last_record_id": record.record_id, "last_record_time": record.device_time}
         for measurement in record.analogues:
             if measurement.name in _MEASURED:

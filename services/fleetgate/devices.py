@@ -21,7 +21,7 @@ from contracts import Topic
 from contracts.records import DeviceStatus
 from runtime import CommonSettings
 from runtime.cli import add_settings_arguments, settings_from_args
-from runtime.kafka import KafkaSettings, consumer_kwargs
+from runtime.kafka import KafkaSettings, consumer_kwargs, partitions_of
 
 __all__ = ["add_arguments", "read_registry", "render_table", "run"]
 
@@ -49,9 +49,10 @@ async def read_registry(settings: KafkaSettings) -> tuple[dict[str, DeviceStatus
     bad = 0
     await consumer.start()
     try:
-        await consumer.topics()  # loads the metadata
         topic = str(Topic.DEVICES)
-        remaining = {TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()}
+        # (not topics() + partitions_for_topic(): a real Kafka's answer to a consumer's own
+        # metadata refresh holds only the topics it tracks, none yet: the registry looked empty)
+        remaining = {TopicPartition(topic, p) for p in await partitions_of(consumer, topic)}
         if not remaining:
             return devices, bad
         consumer.assign(list(remaining))

@@ -23,9 +23,13 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
+from contracts.records import LastConnection
+
 from .allowlist import check_imei
+from .registry import DeviceRegistry
 from .settings import IngestorSettings, ListenerSettings
 from .sink import Ledger, Sink
 
@@ -52,6 +56,8 @@ class Link:
     peer: str  # "ip:port"
     ledger: Ledger
     log: Any  # a structlog logger bound to the session; a session may bind more to it
+    #: The process's device registry (``fleetgate.devices.v1``), shared by every protocol.
+    registry: DeviceRegistry
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     close_reason: str = "device_closed"
     #: The device's IMEI once :meth:`identify` accepted it.
@@ -67,6 +73,16 @@ class Link:
         self.imei = imei
         self.log = self.log.bind(imei=imei)
         check_imei(self.settings, imei)
+
+    def connection(self, at: datetime | None = None) -> LastConnection:
+        """This session as the registry's ``last_connection`` (``at``: its start; now)."""
+        return LastConnection(
+            session_id=self.session_id,
+            ingestor=self.instance,
+            protocol=self.protocol,
+            peer=self.peer,
+            connected_at=at or datetime.now(UTC),
+        )
 
 
 class Session(ABC):

@@ -58,6 +58,15 @@ kafka_errors = Counter(
     ["protocol"],
 )
 
+registry_devices = Gauge(
+    "fleetgate_ingestor_registry_devices",
+    "Devices in this ingestor's view of the device registry (fleetgate.devices.v1)",
+)
+registry_errors = Counter(
+    "fleetgate_ingestor_registry_errors_total",
+    "Device registry records that were no device status, and failed reads of its topic",
+)
+
 
 def register(protocol: str, close_reasons: tuple[str, ...] = ()) -> None:
     """Create a protocol's series at zero, so dashboards see them before the first event."""

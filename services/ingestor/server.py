@@ -19,6 +19,7 @@ from .adapter import Link, Protocol
 from .connection import Connection
 from .oem import HttpSettings, OemIntake
 from .protocols import PROTOCOLS
+from .registry import DeviceRegistry
 from .settings import IngestorSettings, ListenerSettings
 from .sink import KafkaSink, Ledger, Sink
 
@@ -39,10 +40,17 @@ class Ingestor:
     """
 
     def __init__(
-        self, settings: IngestorSettings, sink: Sink, protocols: Sequence[Protocol]
+        self,
+        settings: IngestorSettings,
+        sink: Sink,
+        protocols: Sequence[Protocol],
+        registry: DeviceRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.sink = sink
+        #: The device registry every session starts from (without one given: a view of
+        #: what this process published only, not read from Kafka).
+        self.registry = registry or DeviceRegistry(settings, read=False)
         self.protocols: dict[str, Protocol] = {p.name: p for p in protocols}
         self.sessions: set[asyncio.Task[Any]] = set()
         self._live: dict[asyncio.Task[Any], Connection] = {}
@@ -65,13 +73,15 @@ class Ingestor:
         return next(iter(self.ports.values()), None)
 
     async def start(self) -> None:
-        """Start each protocol, then its listener; a broken allow-list stops us here."""
+        """Read the device registry (bounded), then start each protocol, then its listener;
+        a broken allow-list stops us here."""
         for protocol in self.protocols.values():
             allow = allowlist.reload(protocol.settings)
             if allow.imeis is not None:
                 _log.info(
                     "imei_allow_list", protocol=protocol.name, imeis=allow.size, source=allow.source
                 )
+        await self.registry.start()
         for protocol in self.protocols.values():
             await protocol.start()
             listen = protocol.settings
@@ -151,6 +161,7 @@ class Ingestor:
                 settings=protocol.settings,
                 instance=self.settings.instance,
                 peer=peer_text,
+                registry=self.registry,
                 ledger=Ledger(
                     self.sink,
                     self.settings.ack_timeout_seconds,
@@ -213,6 +224,7 @@ class Ingestor:
             await protocol.stop()
         for server in self._servers:
             await server.wait_closed()
+        await self.registry.stop()
 
 
 @dataclass
@@ -280,9 +292,11 @@ async def serve(
     readiness: Readiness | None = None,
     http: HttpSettings | None = None,
 ) -> None:
-    """Run until ``stop`` is set. Each protocol starts before its listener accepts (the
-    camera first reads the progress topic, so that a device coming back resumes where Kafka
-    has its file up to); devices are accepted only while ``readiness`` says ready. With
+    """Run until ``stop`` is set. The device registry is read first (at most
+    ``registry_catchup_timeout_seconds``), so that sessions start from each device's last
+    status; each protocol starts before its listener accepts (the camera first reads the
+    progress topic, so that a device coming back resumes where Kafka has its file up to);
+    devices are accepted only while ``readiness`` says ready. With
     ``http`` given a port, the OEM JSON intake listens too (:mod:`ingestor.oem`), sharing
     the producer and readiness; it stops first on SIGTERM."""
     readiness = readiness or Readiness("ingestor")
@@ -291,12 +305,13 @@ async def serve(
     watching = asyncio.create_task(readiness.watch(), name="readiness")
     try:
         protocols = hosted(settings, sink, listeners or listener_settings())
+        registry = DeviceRegistry(settings)
         intake = None
         if http is not None and http.enabled:
-            intake = OemIntake(http, settings, sink, readiness.why_not)
+            intake = OemIntake(http, settings, sink, readiness.why_not, registry)
         if not protocols and intake is None:
             raise ValueError("every protocol is disabled: nothing to listen for")
-        ingestor = Ingestor(settings, sink, protocols)
+        ingestor = Ingestor(settings, sink, protocols, registry)
         ingestor.not_ready = readiness.why_not
         try:
             await asyncio.to_thread(readiness.evaluate)  # nobody refused as "not evaluated"

@@ -36,6 +36,16 @@ class IngestorSettings(CommonSettings):
         "records (a burst of sessions queues in turn); a producer that takes nothing fails "
         "its queue after kafka_request_timeout_ms",
     )
+    registry_catchup_idle_seconds: float = Field(
+        0.3,
+        description="at start, the device registry (fleetgate.devices.v1) is read until a poll "
+        "returns nothing for this many seconds",
+    )
+    registry_catchup_timeout_seconds: float = Field(
+        15.0,
+        description="longest wait at start for the device registry before accepting anyway "
+        "(devices not read yet start from what their session tells)",
+    )
     drain_timeout_seconds: float = Field(
         20.0, description="seconds SIGTERM lets sessions with work in flight finish it"
     )

@@ -26,7 +26,10 @@ from dmtproto import (
     Hello,
     HelloAcknowledged,
 )
+from ingestor.adapter import Protocol
+from ingestor.camera import CameraProtocol, CameraSettings
 from ingestor.dmt import DmtProtocol, DmtSettings
+from ingestor.registry import DeviceRegistry
 from ingestor.server import Ingestor
 from ingestor.settings import IngestorSettings
 from ingestor.sink import KafkaSink, Sink
@@ -43,16 +46,28 @@ def settings(
 
 @contextlib.asynccontextmanager
 async def running(
-    kafka: str, sink: Any = None, edge: dict[str, Any] | None = None, **dmt: Any
+    kafka: str,
+    sink: Any = None,
+    edge: dict[str, Any] | None = None,
+    *,
+    read_registry: bool = False,
+    camera: bool = False,
+    **dmt: Any,
 ) -> AsyncIterator[tuple[Ingestor, KafkaSink]]:
     """An ingestor hosting only Digital Matter on a free port (``edge``: process settings,
     ``dmt``: listener settings); ``sink`` wraps the real one (a function of it) to hold or
-    fail acknowledgements."""
+    fail acknowledgements. With ``read_registry`` it reads and follows the device registry
+    as ``serve`` does; with ``camera`` it hosts the camera protocol too (no progress read)."""
     edge_settings, listen = settings(kafka, edge, **dmt)
     kafka_sink = KafkaSink(edge_settings)
     await kafka_sink.producer.start()
     used: Sink = kafka_sink if sink is None else sink(kafka_sink)
-    ingestor = Ingestor(edge_settings, used, [DmtProtocol(listen, edge_settings, used)])
+    protocols: list[Protocol] = [DmtProtocol(listen, edge_settings, used)]
+    if camera:
+        cameras = CameraSettings(host="127.0.0.1", port=0)
+        protocols.append(CameraProtocol(cameras, edge_settings, used, read_progress=False))
+    registry = DeviceRegistry(edge_settings, read=read_registry)
+    ingestor = Ingestor(edge_settings, used, protocols, registry)
     try:
         await ingestor.start()
         yield ingestor, kafka_sink

@@ -24,7 +24,8 @@ from camproto import (
 from contracts import Topic
 from ingestor.adapter import Link, Session
 from ingestor.connection import Connection
-from ingestor.settings import ListenerSettings
+from ingestor.registry import DeviceRegistry
+from ingestor.settings import IngestorSettings, ListenerSettings
 from ingestor.sink import KafkaFailed, KafkaSink, Ledger
 from tests.ingestor.ingestor_helpers import make_ingestor, settings
 
@@ -106,6 +107,7 @@ def _link() -> Link:
         peer="peer",
         ledger=Ledger(NoSink(), 1.0),
         log=structlog.get_logger(),
+        registry=DeviceRegistry(IngestorSettings(), read=False),
     )
 
 

@@ -17,6 +17,7 @@ from contracts.models import decode
 from contracts.records import DeviceStatus, TelemetryRecord
 from devstack.infra import DEFAULT_PARTITIONS
 from ingestor.oem import PATH, HttpSettings, OemIntake
+from ingestor.registry import DeviceRegistry
 from ingestor.settings import IngestorSettings
 from ingestor.sink import KafkaSink, Sink
 
@@ -46,23 +47,30 @@ async def running(
     sink: Callable[[KafkaSink], Sink] | None = None,
     not_ready: Callable[[], str | None] = lambda: None,
     edge: dict[str, Any] | None = None,
+    *,
+    read_registry: bool = False,
     **http: Any,
 ) -> AsyncIterator[Intake]:
     """The intake on a free port (``http``: its settings; ``edge``: the process's), on the
-    real sink, or on ``sink(real)`` to hold or fail acknowledgements."""
+    real sink, or on ``sink(real)`` to hold or fail acknowledgements. With ``read_registry``
+    it reads the device registry first and follows it, as ``serve`` does."""
     process = IngestorSettings.model_validate(
         {"kafka_bootstrap": kafka, "instance": "test-ingestor"} | (edge or {})
     )
     settings = HttpSettings.model_validate({"host": "127.0.0.1", "port": 0} | http)
     kafka_sink = KafkaSink(process)
     await kafka_sink.producer.start()
-    intake = OemIntake(settings, process, kafka_sink if sink is None else sink(kafka_sink))
+    registry = DeviceRegistry(process, read=read_registry)
+    used = kafka_sink if sink is None else sink(kafka_sink)
+    intake = OemIntake(settings, process, used, registry=registry)
     intake.not_ready = not_ready
     try:
+        await registry.start()
         await intake.start()
         yield Intake(intake, kafka_sink)
     finally:
         await intake.stop()
+        await registry.stop()
         await kafka_sink.producer.stop()
 
 

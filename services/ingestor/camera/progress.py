@@ -10,10 +10,10 @@ pieces here:
 * :class:`ProgressPublisher`: sends the progress the sessions report, newest per transfer
   first-come (a later report for a transfer replaces one not yet sent), and enters a record
   in the book once Kafka acknowledged it.
-* :class:`ProgressReader`: a plain consumer (no group, every partition, from the earliest
-  offset) that fills the book at start and then follows the topic. Catching up means reading
-  until a poll returns nothing for ``progress_catchup_idle_seconds``: end offsets are not
-  trusted (Tansu's ListOffsets(latest) is wrong after batched writes).
+* :class:`ProgressReader`: a :class:`~ingestor.follow.TopicFollower` (a plain consumer: no
+  group, every partition, from the earliest offset) that fills the book at start and then
+  follows the topic. Catching up means reading until a poll returns nothing for
+  ``progress_catchup_idle_seconds``.
 
 Nothing here is needed for correctness: without a record, or with an old one, a device
 resends from an earlier offset and the consumers drop what they already have.
@@ -23,21 +23,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 import contracts
 from contracts import Topic, TransferProgress
-from runtime.kafka import consumer_kwargs, partitions_of
 
 from .. import metrics as edge_metrics
+from ..follow import TopicFollower
 from ..settings import IngestorSettings
 from ..sink import Sink
 from . import metrics
@@ -228,69 +226,34 @@ class ProgressPublisher:
                 await task
 
 
-class ProgressReader:
-    """Reads ``fleetgate.camera.progress.v1`` into a :class:`ProgressBook` and follows it."""
+class ProgressReader(TopicFollower):
+    """Reads ``fleetgate.camera.progress.v1`` into a :class:`ProgressBook` and follows it;
+    :meth:`catch_up` reads until a poll returns nothing for ``progress_catchup_idle_seconds``
+    (or ``progress_catchup_timeout_seconds`` pass: False then)."""
 
     def __init__(
         self, settings: IngestorSettings, camera: CameraSettings, book: ProgressBook
     ) -> None:
+        super().__init__(
+            settings,
+            Topic.PROGRESS,
+            "progress",
+            idle=camera.progress_catchup_idle_seconds,
+            within=camera.progress_catchup_timeout_seconds,
+        )
         self.settings = settings
         self.camera = camera
         self.book = book
-        self.records = 0
-        self.consumer = AIOKafkaConsumer(
-            **consumer_kwargs(settings),
-            client_id=f"fleetgate-ingestor-{settings.instance}-progress",
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            request_timeout_ms=settings.kafka_request_timeout_ms,
-        )
-        self._assigned: set[TopicPartition] = set()
-        self._started = False
         self._generation = book.generation
 
-    async def start(self) -> None:
-        await self.consumer.start()
-        self._started = True
-
-    async def stop(self) -> None:
-        if self._started:
-            self._started = False
-            await self.consumer.stop()
-
-    async def _assign(self) -> bool:
-        """Take every partition of the topic (new ones from their start); True if any."""
-        partitions: set[int] = set()
-        with contextlib.suppress(Exception):  # metadata not there yet: try again later
-            partitions = await partitions_of(self.consumer, Topic.PROGRESS)
-        wanted = {TopicPartition(Topic.PROGRESS, p) for p in partitions}
-        new = wanted - self._assigned
-        if new:
-            self._assigned |= new
-            self.consumer.assign(sorted(self._assigned))
-            await self.consumer.seek_to_beginning(*new)
-        return bool(self._assigned)
-
-    async def _rewind_if_cleared(self) -> None:
+    async def before_poll(self) -> None:
         """The book was cleared (the logs were found reset): read the whole topic again."""
         if self.book.generation != self._generation:
             self._generation = self.book.generation
-            if self._assigned:
-                await self.consumer.seek_to_beginning(*self._assigned)
+            await self.rewind()
             _log.warning("progress_rereading", reason="the Kafka logs were reset")
 
-    async def _poll(self, wait: float) -> int:
-        batch = await self.consumer.getmany(timeout_ms=int(wait * 1000), max_records=2000)
-        count = 0
-        for messages in batch.values():
-            for message in messages:
-                count += 1
-                self._take(message.key, message.value)
-        self.records += count
-        return count
-
-    def _take(self, key: bytes | None, value: bytes | None) -> None:
+    def take(self, key: bytes | None, value: bytes | None) -> None:
         if not value:  # a tombstone (null, or empty as the ingestor writes): forget it
             if key:
                 self.book.forget(key.decode("ascii", "replace"))
@@ -303,46 +266,12 @@ class ProgressReader:
             return
         self.book.apply(progress)
 
-    async def catch_up(self) -> bool:
-        """Read until a poll returns nothing for ``progress_catchup_idle_seconds`` (or
-        ``progress_catchup_timeout_seconds`` pass: False then)."""
-        settings = self.camera
-        began = time.monotonic()
-        deadline = began + settings.progress_catchup_timeout_seconds
-        while not await self._assign():
-            if time.monotonic() > deadline:
-                _log.warning("progress_topic_missing", topic=str(Topic.PROGRESS))
-                return False
-            await asyncio.sleep(0.2)
-        quiet_since = time.monotonic()
-        while time.monotonic() - quiet_since < settings.progress_catchup_idle_seconds:
-            if time.monotonic() > deadline:
-                _log.warning("progress_catch_up_timeout", records=self.records)
-                return False
-            if await self._poll(min(0.1, settings.progress_catchup_idle_seconds)):
-                quiet_since = time.monotonic()
-        _log.info(
-            "progress_caught_up",
-            records=self.records,
-            transfers=len(self.book),
-            seconds=round(time.monotonic() - began, 3),
-        )
-        return True
+    def describe(self) -> dict[str, object]:
+        return {"transfers": len(self.book)}
 
-    async def follow(self) -> None:
-        """Keep reading for ever (new partitions are picked up; old entries pruned)."""
-        checked = time.monotonic()
-        while True:
-            try:
-                await self._rewind_if_cleared()
-                await self._poll(0.5)
-                if time.monotonic() - checked > 10.0:
-                    checked = time.monotonic()
-                    await self._assign()
-                    self.book.prune()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the broker away: aiokafka reconnects, we wait
-                metrics.progress_errors.inc()
-                _log.warning("progress_read_failed", error=repr(exc))
-                await asyncio.sleep(1.0)
+    async def tick(self) -> None:
+        self.book.prune()
+
+    def failed(self, exc: Exception) -> None:
+        metrics.progress_errors.inc()
+        super().failed(exc)

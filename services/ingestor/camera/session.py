@@ -45,7 +45,6 @@ from camproto import (
 from contracts import ChunkMeta, Topic, TransferProgress
 from contracts import models as wire
 
-from .. import registry
 from ..adapter import Link, PeerError, Session
 from ..sink import KafkaFailed
 from . import metrics
@@ -321,8 +320,11 @@ class CameraSession(Session):
             elif isinstance(event, FileOffered):
                 await self._session_event(wire.FileOffered, file=file_info(event.file))
             elif isinstance(event, SessionStarted):
-                self.link.identify(f"{event.imei:015d}")  # NotAllowed: nothing published
-                await registry.publish(self.link, registry.connected(self.link))
+                link, imei = self.link, f"{event.imei:015d}"
+                link.identify(imei)  # NotAllowed: nothing published
+                # the device's last status (other sessions' fields kept), this connection
+                status = link.registry.connected(imei, link.connection())
+                await link.registry.publish(link.ledger, status)
                 await self._session_event(
                     wire.SessionStarted,
                     protocol=event.protocol,

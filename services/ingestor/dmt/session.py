@@ -8,8 +8,9 @@ record received before it. The device deletes what we commit, so when Kafka fail
 no reply; the session closes (``kafka_error``) and the device sends the records again on its
 next connection, with the same ``record_id``.
 
-The device registry (``fleetgate.devices.v1``) gets the device's status at HELLO and, when
-records came since, before each commit's barrier and at the end of the session. Session
+The device registry (``fleetgate.devices.v1``) gets the device's status at HELLO (its last
+known status, :mod:`ingestor.registry`, with this connection and the HELLO's identity) and,
+when records came since, before each commit's barrier and at the end of the session. Session
 events (connected, hello, closed) go to ``fleetgate.dmt.sessions.v1``.
 """
 
@@ -49,7 +50,6 @@ from dmtproto import (
 )
 
 from .. import metrics as edge_metrics
-from .. import registry
 from ..adapter import Link, PeerError, Session
 from . import metrics
 from .settings import DmtSettings
@@ -258,8 +258,8 @@ class DmtSession(Session):
             ],
         )
         await self._session_event(DmtHello, device=identity)
-        self._status = registry.connected(link, identity, received_at)
-        await registry.publish(link, self._status)
+        self._status = link.registry.connected(event.imei, link.connection(received_at), identity)
+        await link.registry.publish(link.ledger, self._status)
 
     async def _on_record(
         self,
@@ -290,10 +290,13 @@ class DmtSession(Session):
             metrics.commit_seconds.observe(time.monotonic() - started)
 
     async def _publish_status(self) -> None:
-        """Fold the records since the last status into the registry entry and publish it."""
+        """Fold the records since the last status into the device's newest status (this
+        session's, or another ingestor's since) and publish it."""
         hello, status = self._hello, self._status
         if hello is None or status is None or self._latest is None:
             return
+        registry = self.link.registry
+        status = registry.refreshed(status)
         received_at = datetime.now(UTC)
         for record in (self._latest_fix, self._latest):
             if record is not None:
@@ -307,7 +310,7 @@ class DmtSession(Session):
                 status = apply_record(status, model)
         self._status = status
         self._latest = self._latest_fix = None
-        await registry.publish(self.link, status)
+        await registry.publish(self.link.ledger, status)
 
     async def _session_event(self, model: type[Any], **fields: Any) -> None:
         link = self.link

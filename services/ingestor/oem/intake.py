@@ -4,7 +4,8 @@ Each request is answered only once its outcome is certain:
 
 - **200** after Kafka acknowledged (``acks=all``) every record of the body: its records on
   ``fleetgate.records.v1`` (``source`` ``oem_http`` / ``oem_http_edge``), the body as received
-  on ``fleetgate.dmt.oem.raw.v1``, and the device's status on ``fleetgate.devices.v1``. The OEM
+  on ``fleetgate.dmt.oem.raw.v1``, and the device's status on ``fleetgate.devices.v1`` (its
+  last known status, :mod:`ingestor.registry`, with what the body adds). The OEM
   Server then tells the device to delete them.
 - **400** with ``{"error", "field", "problem"}`` for a body that does not decode (the field
   named as a path, ``Records[2].Fields[0].Lat``); nothing is published.
@@ -38,10 +39,11 @@ from contracts import Topic
 from contracts.dmt import PROTOCOL
 from contracts.dmt_oem import oem_device_identity, oem_telemetry_records
 from contracts.models import encode
-from contracts.records import LastConnection, RawHeader, apply_record, apply_session
+from contracts.records import LastConnection, RawHeader, apply_record
 from dmtproto.oem_json import OemBody, OemJsonError, decode_oem_json
 
 from .. import metrics as edge_metrics
+from ..registry import DeviceRegistry
 from ..settings import IngestorSettings
 from ..sink import KafkaFailed, Ledger, Sink
 from . import metrics
@@ -77,11 +79,15 @@ class OemIntake:
         ingestor: IngestorSettings,
         sink: Sink,
         not_ready: Callable[[], str | None] = lambda: None,
+        registry: DeviceRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.ingestor = ingestor
         self.sink = sink
         self.not_ready = not_ready
+        #: The process's device registry (shared with the TCP sessions); without one, a view
+        #: of what this intake published only.
+        self.registry = registry or DeviceRegistry(ingestor, read=False)
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
         self._stopping = False
@@ -221,7 +227,8 @@ class OemIntake:
             peer=peer,
             connected_at=received_at,
         )
-        status = apply_session(None, body.device.imei, connection, oem_device_identity(body.device))
+        registry = self.registry
+        status = registry.connected(body.device.imei, connection, oem_device_identity(body.device))
         for record in records:
             status = apply_record(status, record)
         try:
@@ -229,7 +236,7 @@ class OemIntake:
                 await ledger.publish(Topic.DMT_OEM_RAW, key, raw, headers)
                 for record in records:
                     await ledger.publish(Topic.RECORDS, key, encode(record))
-                await ledger.publish(Topic.DEVICES, key, encode(status))
+                await registry.publish(ledger, status)
                 await ledger.barrier()
         except (KafkaFailed, TimeoutError) as exc:
             ledger.abandon()
