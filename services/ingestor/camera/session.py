@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from aiokafka.errors import KafkaError
+
 from camproto import (
     CameraFile,
     ChunkReceived,
@@ -50,8 +52,8 @@ from ..adapter import Link, PeerError, Session
 from ..sink import KafkaFailed
 from . import metrics
 from .convert import capture_info, file_info
-from .progress import ProgressBook, ProgressPublisher
-from .resume import Claims, Decision, ResumePolicy
+from .progress import ProgressBook, ProgressPublisher, ProgressReader
+from .resume import MAX_GENERATIONS, Claims, Decision, ResumePolicy
 from .settings import CameraSettings
 
 __all__ = ["CameraSession"]
@@ -126,16 +128,22 @@ class CameraSession(Session):
         book: ProgressBook,
         publisher: ProgressPublisher,
         claims: Claims | None = None,
+        reader: ProgressReader | None = None,
     ) -> None:
         self.link = link
         self.settings = settings
         #: Where resume points come from, and where progress goes (shared by the sessions).
         self.book = book
         self.publisher = publisher
+        #: Follows the progress topic into the book: with it, a transfer is claimed there
+        #: before it is written (one writer across ingestors); without it, only here.
+        self.reader = reader
         base = DefaultPolicy(
             metadata=settings.request_metadata, max_file_bytes=settings.file_size_limits()
         )
-        self._policy = ResumePolicy(book, link.session_id, base)
+        self._policy = ResumePolicy(
+            book, link.session_id, base, stale_seconds=settings.claim_stale_seconds
+        )
         if claims is not None:
             self._policy.claims = claims
         self._conn = ServerConnection(self._policy)
@@ -368,6 +376,17 @@ class CameraSession(Session):
             metrics.resumes.labels(metrics.PROTOCOL, "complete").inc()
             origin, partition = entry.origin, entry.partition
         else:
+            claimed = await self._claim(event, decision, entry)
+            if claimed is None:
+                return  # another session resumes it: closing, the device comes back
+            if claimed is not decision:  # another session writes it: the next free id
+                decision, transfer_id, entry, point = (
+                    claimed,
+                    claimed.transfer_id,
+                    None,
+                    claimed.point,
+                )
+                self.link.log = self.link.log.bind(transfer=transfer_id)
             # The RESUME that asks for the data goes out now: its interval runs from here,
             # not from the start record's acknowledgement (slow in a burst; the data waits
             # in the socket meanwhile, and chunk records follow the start record).
@@ -423,6 +442,92 @@ class CameraSession(Session):
             size=event.size,
             packets=event.packets,
             resume_offset=event.resume_offset,
+        )
+
+    async def _claim(
+        self, event: TransferStarted, decision: Decision, entry: TransferProgress | None
+    ) -> Decision | None:
+        """Claim ``decision``'s transfer on the progress topic before writing anything of it
+        (:mod:`.arbiter`): send the claim, wait for Kafka's ack, read the topic back up to it.
+        Won: the decision. Lost while asking from byte 0: the file starts over under the
+        next free id (claimed in turn). Lost while resuming (the device was asked for a
+        point in the file another session writes): None, and the session closes without
+        confirming; the device comes back and the next START knows the holder."""
+        reader = self.reader
+        if reader is None or decision.generation >= MAX_GENERATIONS:
+            return decision  # not read across ingestors, or an id of this session's own
+        for _ in range(MAX_GENERATIONS + 1):
+            tid = decision.transfer_id
+            began = time.monotonic()
+            try:
+                async with asyncio.timeout(self.settings.claim_timeout_seconds):
+                    partition, offset = await self.publisher.claim(
+                        self._claim_record(event, decision, entry)
+                    )
+                    await reader.reached(partition, offset, self.settings.claim_timeout_seconds)
+            except (KafkaFailed, KafkaError, TimeoutError) as exc:
+                metrics.claims.labels("failed").inc()
+                raise KafkaFailed(
+                    f"claim of transfer {tid} not acknowledged and read back within "
+                    f"{self.settings.claim_timeout_seconds:g} s: {exc!r}"
+                ) from exc
+            metrics.claim_seconds.observe(time.monotonic() - began)
+            if self._policy.won(tid):
+                metrics.claims.labels("won").inc()
+                return decision
+            metrics.claims.labels("lost").inc()
+            holder = self.book.holder(tid)
+            self.link.log.info(
+                "transfer_claim_lost",
+                transfer=tid,
+                holder=None if holder is None else holder.session_id,
+                holder_ingestor=None if holder is None else holder.ingestor,
+                resume_offset=event.resume_offset,
+            )
+            if event.resume_offset:
+                self._policy.release(tid)
+                self._abort = (
+                    f"transfer {tid} is written by session "
+                    f"{'?' if holder is None else holder.session_id} on ingestor "
+                    f"{'?' if holder is None else holder.ingestor}; closing without writing, "
+                    "the device comes back"
+                )
+                self._abort_reason = "superseded"
+                return None
+            decision, entry = self._policy.restarted(decision), None
+            if decision.generation >= MAX_GENERATIONS:
+                return decision
+        raise KafkaFailed(f"no transfer id of {event.file} could be claimed")  # pragma: no cover
+
+    def _claim_record(
+        self, event: TransferStarted, decision: Decision, entry: TransferProgress | None
+    ) -> TransferProgress:
+        """The claim: the progress this session starts from (the entry it resumes, so the
+        compacted topic keeps the resume point), named as its own."""
+        assert self.imei is not None
+        total = event.size if event.size is not None else event.packets or 0
+        if entry is None or entry.complete:
+            entry = TransferProgress(
+                transfer_id=decision.transfer_id,
+                imei=self.imei,
+                identifier=event.file.path,
+                total=total,
+                offset=0,
+                crc=0,
+                origin=-1,  # no start record yet
+                partition=-1,
+                session_id=self.session_id,
+                ingestor=self.link.instance,
+                updated_at=_now(),
+            )
+        return entry.model_copy(
+            update={
+                "session_id": self.session_id,
+                "ingestor": self.link.instance,
+                "updated_at": _now(),
+                "claim": "takeover" if decision.takeover else "start",
+                "stale_seconds": self.settings.claim_stale_seconds,
+            }
         )
 
     async def _on_restarted(self, event: TransferRestarted) -> None:
