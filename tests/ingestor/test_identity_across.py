@@ -1,0 +1,133 @@
+"""One writer per transfer across ingestors. Two different DualCam files with the same IMEI,
+slot, packet count and capture time (a camera whose clock is stuck, or two devices given one
+IMEI), uploaded at the same moment to two ingestors: both stored, each object byte for byte
+what its device sent. A claim left by an ingestor killed with SIGKILL does not keep a later
+session from storing the file.
+
+Every service is a real ``python -m fleetgate`` process on the session's Apache Kafka and an
+s3rver; devices speak TCP. ``-s`` prints the figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from camproto import CameraDevice
+from tests.helpers import eventually
+from tests.ingestor.ingestor_helpers import Hopper, dualcam_video, read_progress
+from tests.reliability.reliability_helpers import pipeline
+
+IMEI = 352094082736100
+SIZE = 300_000
+CAPTURED = 1_732_192_496_000  # the same in both files: the clock is stuck
+PAIRS = 4  # identities raced at once (each: one file to each ingestor)
+
+
+def figure(name: str, **values: object) -> None:
+    print(f"\n[identity across] {name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+
+
+async def test_same_identity_at_once_on_two_ingestors_both_stored(
+    kafka: str, tmp_path: Path
+) -> None:
+    files = [dualcam_video(SIZE, CAPTURED, seed=s) for s in (1, 2)]
+    assert files[0].data != files[1].data and files[0].packets == files[1].packets
+    async with pipeline(tmp_path, kafka=kafka) as line:
+        a, b = line.ingestor("a"), line.ingestor("b")
+        line.assembler()
+        await a.wait_listening()
+        await b.wait_listening()
+        assert a.port is not None and b.port is not None
+        go = asyncio.Event()  # every device connects at the same moment
+        hoppers = [
+            Hopper(
+                CameraDevice(imei=IMEI + pair, files=[item]),
+                [port],
+                rate=300_000,
+                gates={0: go},
+                max_connections=3,
+            )
+            for pair in range(PAIRS)
+            for item, port in zip(files, (a.port, b.port), strict=True)
+        ]
+        uploads = asyncio.gather(*(hopper.run(within=60) for hopper in hoppers))
+        go.set()
+        await uploads
+        await line.until(lambda: len(line.objects()) >= 2 * PAIRS, 60, "every object")
+        await asyncio.sleep(0.2)  # a third object, were one stored twice, would show now
+        objects = line.objects()
+        lost = a.events("transfer_claim_lost") + b.events("transfer_claim_lost")
+        claims = [p for p in await read_progress(line.bootstrap) if p.claim]
+    stored: dict[int, list[bytes]] = defaultdict(list)
+    for key, data in objects.items():
+        stored[int(key.split("/", 1)[0])].append(data)
+    figure(
+        "two ingestors at once",
+        pairs=PAIRS,
+        claims=len(claims),
+        claims_lost=len(lost),
+        connections=[h.connections for h in hoppers],
+    )
+    for hopper, item in zip(hoppers, files * PAIRS, strict=True):
+        assert hopper.accepted == [item.file], hopper.endings  # each device heard "done"
+    two = sorted(item.data for item in files)
+    assert {imei: sorted(data) for imei, data in stored.items()} == {
+        IMEI + pair: two for pair in range(PAIRS)
+    }
+    assert len(objects) == 2 * PAIRS
+    # Every transfer written was claimed first; a claim that lost named another writer.
+    assert all(p.claim == "start" for p in claims) and len(claims) >= 2 * PAIRS
+    assert all(event["holder"] and event["holder_ingestor"] in "ab" for event in lost)
+
+
+@pytest.mark.parametrize("stale", [None, "1"], ids=["claim-live", "claim-stale"])
+async def test_claim_of_a_killed_ingestor_does_not_stop_the_file(
+    kafka: str, tmp_path: Path, stale: str | None
+) -> None:
+    """a claims the transfer and dies (SIGKILL) before any byte of it is durable: its claim
+    proves nothing. Live, b names the file anew (the next free id); gone stale (1 s here),
+    b writes it under the id a claimed. Either way the file is stored once, whole."""
+    item = dualcam_video(SIZE, CAPTURED, seed=3)
+    imei = IMEI + 50 + (stale is not None)
+    settings = {} if stale is None else {"camera_claim_stale_seconds": stale}
+    async with pipeline(tmp_path, kafka=kafka) as line:
+        a, b = line.ingestor("a"), line.ingestor("b", **settings)
+        line.assembler()
+        await a.wait_listening()
+        await b.wait_listening()
+        assert a.port is not None and b.port is not None
+        # Slow on a (under one chunk record in 2 s, so nothing durable), fast on b.
+        hopper = Hopper(CameraDevice(imei=imei, files=[item]), [a.port, b.port], rate=4_000)
+        upload = asyncio.create_task(hopper.run(within=60))
+        claimed = await read_progress(line.bootstrap, until=lambda got: any(p.claim for p in got))
+        (claim,) = [p for p in claimed if p.claim]
+        assert claim.ingestor == "a" and claim.offset == 0
+        await eventually(lambda: hopper.sent >= 8_000, 20, "a few packets sent to a")
+        a.kill()  # SIGKILL: the claim stays on the topic, nothing of the file is durable
+        hopper.rate = None
+        await upload
+        await line.until(lambda: len(line.objects()) >= 1, 60, "the object")
+        await asyncio.sleep(0.2)
+        objects = line.objects()
+        progress = await read_progress(
+            line.bootstrap, until=lambda got: any(p.complete for p in got)
+        )
+    (complete,) = [p for p in progress if p.complete]
+    figure(
+        "claim of a killed ingestor",
+        stale=stale,
+        sent_to_a=hopper.endings[0],
+        same_id=complete.transfer_id == claim.transfer_id,
+        resumed=hopper.resumed,
+    )
+    assert hopper.accepted == [item.file] and hopper.connections == 2
+    assert list(objects.values()) == [item.data]  # stored once, whole
+    assert complete.ingestor == "b"
+    if stale is None:  # a's claim still live: the next free id
+        assert complete.transfer_id != claim.transfer_id
+    else:  # a's claim gone stale: b took the transfer a had claimed
+        assert complete.transfer_id == claim.transfer_id
