@@ -61,6 +61,7 @@ async def test_same_identity_at_once_on_two_ingestors_both_stored(
         await asyncio.sleep(0.2)  # a third object, were one stored twice, would show now
         objects = line.objects()
         lost = a.events("transfer_claim_lost") + b.events("transfer_claim_lost")
+        took = sorted(e["claim_seconds"] for e in a.events("transfer") + b.events("transfer"))
         claims = [p for p in await read_progress(line.bootstrap) if p.claim]
     stored: dict[int, list[bytes]] = defaultdict(list)
     for key, data in objects.items():
@@ -70,6 +71,7 @@ async def test_same_identity_at_once_on_two_ingestors_both_stored(
         pairs=PAIRS,
         claims=len(claims),
         claims_lost=len(lost),
+        claim_ms_min_median_max=[round(1000 * took[i], 1) for i in (0, len(took) // 2, -1)],
         connections=[h.connections for h in hoppers],
     )
     for hopper, item in zip(hoppers, files * PAIRS, strict=True):

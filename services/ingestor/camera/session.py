@@ -116,6 +116,8 @@ class _Transfer:
     lost: bool = False
     bytes: int = 0
     crc_mismatches: int = 0
+    #: How long its claim on the progress topic took (None: not claimed there).
+    claim_seconds: float | None = None
 
 
 class CameraSession(Session):
@@ -156,6 +158,7 @@ class CameraSession(Session):
         self._abort_reason = "resume_reset"
         self._detail = "session closed"
         self._now = 0.0  # the edge's clock, as last passed in
+        self._claim_seconds: float | None = None  # the last claim's round trip
 
     @property
     def session_id(self) -> str:
@@ -376,6 +379,7 @@ class CameraSession(Session):
             metrics.resumes.labels(metrics.PROTOCOL, "complete").inc()
             origin, partition = entry.origin, entry.partition
         else:
+            self._claim_seconds = None
             claimed = await self._claim(event, decision, entry)
             if claimed is None:
                 return  # another session resumes it: closing, the device comes back
@@ -434,6 +438,7 @@ class CameraSession(Session):
             durable_crc=resumed_crc,
             replay=entry if entry is not None and entry.complete else None,
             last_offset=-1 if entry is not None and entry.complete else start_offset,
+            claim_seconds=None if start_offset < 0 else self._claim_seconds,
         )
         await self._session_event(
             wire.TransferStarted,
@@ -471,7 +476,11 @@ class CameraSession(Session):
                     f"claim of transfer {tid} not acknowledged and read back within "
                     f"{self.settings.claim_timeout_seconds:g} s: {exc!r}"
                 ) from exc
-            metrics.claim_seconds.observe(time.monotonic() - began)
+            took = time.monotonic() - began
+            metrics.claim_seconds.observe(took)
+            self._claim_seconds = (
+                took if self._claim_seconds is None else self._claim_seconds + took
+            )
             if self._policy.won(tid):
                 metrics.claims.labels("won").inc()
                 return decision
@@ -801,6 +810,9 @@ class CameraSession(Session):
             device_crc_ok=event.device_crc_ok,
             seconds=round(elapsed, 3),
             durable_seconds=round(durable, 4),
+            claim_seconds=None
+            if transfer.claim_seconds is None
+            else round(transfer.claim_seconds, 4),
         )
         await self._session_event(
             wire.TransferComplete,
