@@ -188,7 +188,7 @@ class ResumePolicy(DelegatingPolicy):
     claims: Claims = field(default_factory=Claims)
     #: Seconds without a record after which a holder another ingestor named is taken to be
     #: gone (:func:`arbiter.is_live`).
-    stale_seconds: float = 300.0
+    stale_seconds: float = 60.0
     clock: Callable[[], datetime] = _utcnow
     #: Transfers this session won on the progress topic (:meth:`won`).
     claimed: set[str] = field(default_factory=set)

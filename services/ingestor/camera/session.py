@@ -118,6 +118,8 @@ class _Transfer:
     crc_mismatches: int = 0
     #: How long its claim on the progress topic took (None: not claimed there).
     claim_seconds: float | None = None
+    #: Claimed there: when (edge clock) a record must go out to show the holder is alive.
+    refresh_at: float | None = None
 
 
 class CameraSession(Session):
@@ -191,8 +193,23 @@ class CameraSession(Session):
         deadline = self._conn.next_deadline()
         too_slow = self._too_slow_at()
         if too_slow is not None and (deadline is None or too_slow < deadline):
-            return too_slow
+            deadline = too_slow
+        transfer = self._transfer
+        refresh = None if transfer is None else transfer.refresh_at
+        if refresh is not None and (deadline is None or refresh < deadline):
+            deadline = refresh
         return deadline
+
+    def _keep_claim(self, now: float) -> None:
+        """A transfer claimed on the progress topic shows its holder alive: a record at least
+        every third of ``claim_stale_seconds`` (progress goes out with each chunk record
+        acknowledged; a slow device sends fewer), so no other ingestor takes it as gone."""
+        transfer = self._transfer
+        if transfer is None or transfer.refresh_at is None or now < transfer.refresh_at:
+            return
+        transfer.refresh_at = now + self.settings.claim_stale_seconds / 3
+        if not transfer.broken and not self._policy.taken_over(transfer.id):
+            self.publisher.publish(self._progress(transfer))
 
     def _too_slow_at(self) -> float | None:
         """When the file being received has been too slow (only while its data comes)."""
@@ -226,7 +243,8 @@ class CameraSession(Session):
             self.link.close_reason = self._abort_reason
             await self.close(self._abort)
             return
-        await self._too_slow(now)  # a trickle keeps the idle timer quiet, not this one
+        if not await self._too_slow(now):  # a trickle keeps the idle timer quiet, not this
+            self._keep_claim(now)
 
     async def receive_eof(self) -> None:
         try:
@@ -239,6 +257,7 @@ class CameraSession(Session):
         self._now = max(self._now, now)
         if await self._too_slow(now):
             return
+        self._keep_claim(now)
         await self._handle(self._conn.handle_timeout(now))
         if self.closed:
             self.link.close_reason = "device_closed"
@@ -440,6 +459,8 @@ class CameraSession(Session):
             last_offset=-1 if entry is not None and entry.complete else start_offset,
             claim_seconds=None if start_offset < 0 else self._claim_seconds,
         )
+        if transfer_id in self._policy.claimed:
+            self._transfer.refresh_at = self._now + self.settings.claim_stale_seconds / 3
         await self._session_event(
             wire.TransferStarted,
             transfer_id=transfer_id,
@@ -701,6 +722,8 @@ class CameraSession(Session):
                 advanced = True
         if advanced and not transfer.broken and not self._policy.taken_over(transfer.id):
             self.publisher.publish(self._progress(transfer))
+            if transfer.refresh_at is not None:
+                transfer.refresh_at = self._now + self.settings.claim_stale_seconds / 3
 
     def _in_order(self, transfer: _Transfer, meta: Any) -> bool:
         """Records of a transfer land in one partition at growing offsets. One that does not

@@ -44,12 +44,13 @@ class CameraSettings(ListenerSettings):
         "chunk topic's retention)",
     )
     claim_stale_seconds: float = Field(
-        600.0,
+        60.0,
         description="seconds without a progress record after which the session holding a "
         "transfer (on another ingestor, killed) is taken to be gone: another session may "
         "then claim the transfer without proving the file. Until then it starts over under "
         "the next free transfer id instead (or takes over with a resume point that proves "
-        "the file)",
+        "the file). A holder publishes at least every third of this while connected",
+        gt=0,
     )
     claim_timeout_seconds: float = Field(
         10.0,
