@@ -5,7 +5,8 @@ what its device sent. A claim left by an ingestor killed with SIGKILL does not k
 session from storing the file.
 
 Every service is a real ``python -m fleetgate`` process on the session's Apache Kafka and an
-s3rver; devices speak TCP. ``-s`` prints the figures.
+s3rver (the slow holder: two ingestors in this process, each with its own progress book and
+claims); devices speak TCP. ``-s`` prints the figures.
 """
 
 from __future__ import annotations
@@ -17,8 +18,16 @@ from pathlib import Path
 import pytest
 
 from camproto import CameraDevice
+from contracts import TransferProgress
 from tests.helpers import eventually
-from tests.ingestor.ingestor_helpers import Hopper, dualcam_video, read_progress
+from tests.ingestor.ingestor_helpers import (
+    Hopper,
+    dualcam_video,
+    read_progress,
+    read_published,
+    running,
+    settings,
+)
 from tests.reliability.reliability_helpers import pipeline
 
 IMEI = 352094082736100
@@ -133,3 +142,40 @@ async def test_claim_of_a_killed_ingestor_does_not_stop_the_file(
         assert complete.transfer_id != claim.transfer_id
     else:  # a's claim gone stale: b took the transfer a had claimed
         assert complete.transfer_id == claim.transfer_id
+
+
+async def test_a_slow_holder_stays_the_holder(kafka: str) -> None:
+    """A device too slow to fill a chunk record holds its transfer all the same: its session
+    publishes a record every third of ``claim_stale_seconds``, so another ingestor's session
+    of the same identity, long after the claim, does not take it for gone; it names its file
+    with the next generation. Two in-process ingestors, each with its own book and claims."""
+    slow, fast = (dualcam_video(12 * 1024, CAPTURED, seed=s) for s in (4, 5))
+    imei = IMEI + 70
+    stale = 0.9
+    configs = [settings(kafka, instance=name, claim_stale_seconds=stale) for name in ("one", "two")]
+    async with running(configs[0], progress=True) as one, running(configs[1], progress=True) as two:
+        assert one.port is not None and two.port is not None
+        holder = Hopper(CameraDevice(imei=imei, files=[slow]), [one.port], rate=2_500)
+        holding = asyncio.create_task(holder.run(within=30))
+
+        def kept_alive(got: list[TransferProgress]) -> bool:
+            # the claim, then records at least 2 x stale_seconds after it, nothing durable
+            mine = [p for p in got if p.ingestor == "one"]
+            return (
+                bool(mine)
+                and (mine[-1].updated_at - mine[0].updated_at).total_seconds() > 2 * stale
+            )
+
+        records = await read_progress(kafka, until=kept_alive)
+        other = Hopper(CameraDevice(imei=imei, files=[fast]), [two.port])
+        await other.run(within=20)
+        await holding
+        published = await read_published(kafka, ends=2)
+    heartbeats = [p for p in records if p.ingestor == "one" and p.claim is None]
+    figure("slow holder", heartbeats=len(heartbeats), stale_seconds=stale)
+    assert heartbeats and all(p.offset == 0 for p in heartbeats)  # nothing durable yet
+    assert holder.accepted == [slow.file] and other.accepted == [fast.file]
+    assert len(published.ends) == 2  # two transfer ids, each file whole under its own
+    assert sorted(bytes(published.files[tid]) for tid in published.ends) == sorted(
+        [slow.data, fast.data]
+    )
