@@ -19,6 +19,7 @@ import pytest
 
 from camproto import CameraDevice
 from contracts import TransferProgress
+from contracts import models as wire
 from tests.helpers import eventually
 from tests.ingestor.ingestor_helpers import (
     Hopper,
@@ -179,3 +180,38 @@ async def test_a_slow_holder_stays_the_holder(kafka: str) -> None:
     assert sorted(bytes(published.files[tid]) for tid in published.ends) == sorted(
         [slow.data, fast.data]
     )
+
+
+async def test_new_connection_on_another_ingestor_takes_the_transfer_over(kafka: str) -> None:
+    """The device's old connection is still open on one ingestor (not yet seen to be gone)
+    when it reconnects to another: the new session's resume point proves the file, so its
+    claim takes the transfer over; the old session writes no more of it, is not confirmed,
+    and is closed. One transfer id, the file whole."""
+    item = dualcam_video(400_000, CAPTURED, seed=6)
+    imei = IMEI + 80
+    configs = [settings(kafka, instance=name, record_bytes=16 * 1024) for name in ("one", "two")]
+    async with running(configs[0], progress=True) as one, running(configs[1], progress=True) as two:
+        assert one.port is not None and two.port is not None
+        old = Hopper(
+            CameraDevice(imei=imei, files=[item]), [one.port], rate=60_000, max_connections=1
+        )
+        stale = asyncio.create_task(old.run(within=30))
+        await read_progress(
+            kafka, until=lambda got: any(p.ingestor == "one" and p.offset >= 40_000 for p in got)
+        )
+        new = Hopper(CameraDevice(imei=imei, files=[item]), [two.port])
+        await new.run(within=20)
+        await stale
+        published = await read_published(kafka, ends=1)
+        claims = [p for p in await read_progress(kafka) if p.claim]
+    figure("takeover across ingestors", resumed=new.resumed, old_endings=old.endings)
+    assert new.accepted == [item.file] and old.accepted == []  # the old one never heard "done"
+    assert new.resumed[0] > 0  # resumed, not from 0
+    assert old.endings == [f"{one.port}: CLOSE"]  # told to go
+    assert [c.claim for c in claims] == ["start", "takeover"]
+    assert [c.ingestor for c in claims] == ["one", "two"]
+    assert len(published.starts) == 1  # one transfer id, written by both in turn
+    (tid,) = published.ends
+    assert bytes(published.files[tid]) == item.data
+    closed = [e for e in published.sessions if isinstance(e, wire.Closed)]
+    assert any("took transfer" in e.reason for e in closed), closed
