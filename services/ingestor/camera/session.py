@@ -120,6 +120,8 @@ class _Transfer:
     claim_seconds: float | None = None
     #: Claimed there: when (edge clock) a record must go out to show the holder is alive.
     refresh_at: float | None = None
+    #: The progress record it resumed from (incomplete), while nothing more is durable.
+    resumed_from: TransferProgress | None = None
 
 
 class CameraSession(Session):
@@ -208,8 +210,25 @@ class CameraSession(Session):
         if transfer is None or transfer.refresh_at is None or now < transfer.refresh_at:
             return
         transfer.refresh_at = now + self.settings.claim_stale_seconds / 3
-        if not transfer.broken and not self._policy.taken_over(transfer.id):
-            self.publisher.publish(self._progress(transfer))
+        if transfer.broken or self._policy.taken_over(transfer.id):
+            return
+        entry = transfer.resumed_from
+        if entry is not None and transfer.durable <= entry.offset:
+            # Nothing durable past the point resumed from: say that point again (with its
+            # check packet), so the compacted topic keeps a resume point that proves the file.
+            self.publisher.publish(
+                entry.model_copy(
+                    update={
+                        "session_id": self.session_id,
+                        "ingestor": self.link.instance,
+                        "updated_at": _now(),
+                        "claim": None,
+                        "stale_seconds": None,
+                    }
+                )
+            )
+            return
+        self.publisher.publish(self._progress(transfer))
 
     def _too_slow_at(self) -> float | None:
         """When the file being received has been too slow (only while its data comes)."""
@@ -461,6 +480,8 @@ class CameraSession(Session):
         )
         if transfer_id in self._policy.claimed:
             self._transfer.refresh_at = self._now + self.settings.claim_stale_seconds / 3
+            if entry is not None and not entry.complete:
+                self._transfer.resumed_from = entry
         await self._session_event(
             wire.TransferStarted,
             transfer_id=transfer_id,
