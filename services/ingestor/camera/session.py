@@ -511,7 +511,9 @@ class CameraSession(Session):
                     partition, offset = await self.publisher.claim(
                         self._claim_record(event, decision, entry)
                     )
-                    await reader.reached(partition, offset, self.settings.claim_timeout_seconds)
+                    wait = self.settings.claim_timeout_seconds
+                    if not await reader.reached(partition, offset, wait):
+                        raise TimeoutError("the progress reader did not reach the claim")
             except (KafkaFailed, KafkaError, TimeoutError) as exc:
                 metrics.claims.labels("failed").inc()
                 raise KafkaFailed(
