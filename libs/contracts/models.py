@@ -140,6 +140,22 @@ class TransferProgress(_Model):
     session_id: str = Field(description="the session that made this progress")
     ingestor: str = Field(description="the ingestor instance that published it")
     updated_at: datetime
+    claim: Literal["start", "takeover"] | None = Field(
+        None,
+        description="set on the record a session publishes before it writes the transfer "
+        "(its claim to be the one writer): `start` for a transfer it starts or resumes, "
+        "`takeover` when it resumes from a point that proves the file while another session "
+        "still holds it. In each partition's order, a claim wins when nobody holds the "
+        "transfer (none yet, or the last holder's record was complete), when it is a "
+        "takeover, when it comes from the holder's own ingestor, or when the holder published "
+        "nothing for the claimant's `claim_stale_seconds`; a session writes only after "
+        "reading its own claim back as the winner. Absent (older writers): progress",
+    )
+    stale_seconds: float | None = Field(
+        None,
+        description="on a claim: the claimant's `claim_stale_seconds`, so that every reader "
+        "judges a silent holder the same way",
+    )
 
 
 class _SessionBase(_Model):

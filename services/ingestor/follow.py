@@ -59,6 +59,9 @@ class TopicFollower:
         )
         self._assigned: set[TopicPartition] = set()
         self._started = False
+        #: Partition -> the offset after the last record read (what the view knows).
+        self.positions: dict[int, int] = {}
+        self._read = asyncio.Event()  # set after each batch read
 
     def take(self, key: bytes | None, value: bytes | None) -> None:
         """One record of the topic, in offset order per partition."""
@@ -87,6 +90,7 @@ class TopicFollower:
         """Read every partition again from its start."""
         if self._assigned:
             await self.consumer.seek_to_beginning(*self._assigned)
+        self.positions.clear()
 
     async def _assign(self) -> bool:
         """Take every partition of the topic (new ones from their start); True if any."""
@@ -105,12 +109,28 @@ class TopicFollower:
         """One fetch (waiting up to ``wait`` seconds); how many records it brought."""
         batch = await self.consumer.getmany(timeout_ms=int(wait * 1000), max_records=2000)
         count = 0
-        for messages in batch.values():
+        for tp, messages in batch.items():
             for message in messages:
                 count += 1
                 self.take(message.key, message.value)
+            if messages:
+                self.positions[tp.partition] = messages[-1].offset + 1
         self.records += count
+        if count:
+            self._read.set()
+            self._read = asyncio.Event()
         return count
+
+    async def reached(self, partition: int, offset: int, within: float) -> bool:
+        """Wait until the record at ``offset`` of ``partition`` has been read into the view;
+        False if ``within`` seconds passed first."""
+        try:
+            async with asyncio.timeout(within):
+                while self.positions.get(partition, 0) <= offset:
+                    await self._read.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def catch_up(self) -> bool:
         """Read until a poll returns nothing for ``idle`` seconds; False if ``within``

@@ -46,6 +46,18 @@ progress_errors = Counter(
     "fleetgate_ingestor_progress_errors_total",
     "Progress records not sent, not acknowledged, malformed, or failed reads",
 )
+claim_seconds = Histogram(
+    "fleetgate_ingestor_claim_seconds",
+    "From sending a transfer's claim on the progress topic to reading it back (START waits)",
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
+claims = Counter(
+    "fleetgate_ingestor_claims_total",
+    "Claims of transfers on the progress topic: won, lost (another session writes it: the "
+    "file started over under the next free id, or the session closed), failed (not "
+    "acknowledged or read back in time: the session closed)",
+    ["result"],
+)
 refused = Counter(
     "fleetgate_ingestor_transfers_refused_total",
     "Files refused at START: over the camera kind's size limit",
@@ -57,6 +69,8 @@ durable_seconds.labels(PROTOCOL)
 transfer_seconds.labels(PROTOCOL)
 for _result in ("resumed", "complete", "lost", "differs"):
     resumes.labels(PROTOCOL, _result)
+for _result in ("won", "lost", "failed"):
+    claims.labels(_result)
 for _camera in ("dualcam", "dsm", "adas", "dashcam", "unknown"):
     files.labels(_camera)
     refused.labels(_camera)

@@ -39,6 +39,7 @@ from ..follow import TopicFollower
 from ..settings import IngestorSettings
 from ..sink import Sink
 from . import metrics
+from .arbiter import Holder, holder_after
 from .settings import CameraSettings
 
 __all__ = ["ProgressBook", "ProgressPublisher", "ProgressReader", "supersedes"]
@@ -62,11 +63,17 @@ def supersedes(new: TransferProgress, old: TransferProgress) -> bool:
 
 class ProgressBook:
     """Transfer id -> the best :class:`TransferProgress` known; entries older than
-    ``max_age`` seconds (by ``updated_at``) are forgotten."""
+    ``max_age`` seconds (by ``updated_at``) are forgotten.
+
+    It also holds, per transfer, the session that writes it (:mod:`.arbiter`), as the
+    records read from the topic in its order say (:meth:`observe`; never from records
+    entered out of that order, such as acknowledged ones).
+    """
 
     def __init__(self, max_age: float = 6 * 24 * 3600.0) -> None:
         self.max_age = max_age
         self._entries: dict[str, TransferProgress] = {}
+        self._holders: dict[str, Holder] = {}
         #: Bumped by :meth:`clear`: the Kafka logs were found reset (a broker that lost data).
         self.generation = 0
 
@@ -83,6 +90,21 @@ class ProgressBook:
             return None
         return entry
 
+    def holder(self, transfer_id: str) -> Holder | None:
+        """The session that writes ``transfer_id``, as the topic read so far says."""
+        return self._holders.get(transfer_id)
+
+    def observe(self, progress: TransferProgress) -> bool:
+        """A record read from the topic, in its order: settle who holds the transfer, then
+        :meth:`apply` it."""
+        tid = progress.transfer_id
+        holder = holder_after(self._holders.get(tid), progress)
+        if holder is None:
+            self._holders.pop(tid, None)
+        else:
+            self._holders[tid] = holder
+        return self.apply(progress)
+
     def apply(self, progress: TransferProgress) -> bool:
         """Take ``progress`` if it says more than what is known; True if it did."""
         if self._expired(progress):
@@ -95,17 +117,27 @@ class ProgressBook:
 
     def forget(self, transfer_id: str) -> None:
         self._entries.pop(transfer_id, None)
+        self._holders.pop(transfer_id, None)
 
     def clear(self) -> None:
         """Forget everything: the records point into a log that is gone."""
         self._entries.clear()
+        self._holders.clear()
         self.generation += 1
 
     def prune(self) -> int:
-        """Drop expired entries; return how many."""
+        """Drop expired entries (and holders silent as long); return how many entries."""
         stale = [tid for tid, entry in self._entries.items() if self._expired(entry)]
         for tid in stale:
             del self._entries[tid]
+        now = datetime.now(UTC)
+        gone = [
+            tid
+            for tid, holder in self._holders.items()
+            if (now - holder.since).total_seconds() > self.max_age
+        ]
+        for tid in gone:
+            del self._holders[tid]
         return len(stale)
 
     def _expired(self, entry: TransferProgress) -> bool:
@@ -135,6 +167,18 @@ class ProgressPublisher:
         if queued is not None and not supersedes(progress, queued):
             return
         self._enqueue(tid, progress)
+
+    async def claim(self, progress: TransferProgress) -> tuple[int, int]:
+        """Send a claim now, past the queue, and wait for Kafka's ack; return its (partition,
+        offset). Raises what the send raised (KafkaFailed, TimeoutError ...)."""
+        tid = progress.transfer_id
+        async with asyncio.timeout(self.timeout):
+            future = await self.sink.send(
+                Topic.PROGRESS, tid.encode(), contracts.encode(progress), []
+            )
+            meta = await future
+        edge_metrics.kafka_records.labels(Topic.PROGRESS).inc()
+        return int(meta.partition), int(meta.offset)
 
     def forget(self, transfer_id: str) -> None:
         """Publish a tombstone: readers drop the transfer (an empty value, which a compacted
@@ -264,7 +308,7 @@ class ProgressReader(TopicFollower):
             metrics.progress_errors.inc()
             _log.warning("progress_malformed", key=repr(key)[:80], error=str(exc)[:200])
             return
-        self.book.apply(progress)
+        self.book.observe(progress)
 
     def describe(self) -> dict[str, object]:
         return {"transfers": len(self.book)}

@@ -25,7 +25,9 @@ class CameraProtocol(Protocol):
     :class:`ProgressBook` and then follows it (``read_progress``; tests may turn it off), so
     a device that comes back resumes where Kafka has its file up to. Its sessions share the
     book, one :class:`ProgressPublisher` (flushed when the ingestor stops) and the
-    :class:`Claims` that keep two sessions from writing one transfer.
+    :class:`Claims` that keep two sessions from writing one transfer; with the reader, a
+    transfer is also claimed on the progress topic before it is written, so two ingestors
+    never write one transfer either (:mod:`.arbiter`).
     """
 
     name: ClassVar[str] = metrics.PROTOCOL
@@ -66,7 +68,9 @@ class CameraProtocol(Protocol):
             self._following = asyncio.create_task(self.reader.follow(), name="progress reader")
 
     def session(self, link: Link) -> Session:
-        return CameraSession(link, self.camera, self.book, self.publisher, self.claims)
+        return CameraSession(
+            link, self.camera, self.book, self.publisher, self.claims, reader=self.reader
+        )
 
     async def stop(self) -> None:
         await self.publisher.close(within=self.edge.close_timeout_seconds)

@@ -10,9 +10,10 @@ the session's nonce: such a transfer is never resumed from another session; it s
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Collection, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import contracts
 from camproto import (
@@ -27,6 +28,7 @@ from camproto import (
 )
 from contracts import TransferProgress
 
+from .arbiter import is_live
 from .convert import capture_ms
 from .progress import ProgressBook
 
@@ -84,6 +86,10 @@ def resume_point_of(entry: TransferProgress) -> ResumePoint:
     return ResumePoint(entry.offset, entry.crc)
 
 
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
 def proves_the_file(entry: TransferProgress) -> bool:
     """Whether resuming from ``entry`` compares bytes the device resends with Kafka's."""
     return entry.complete or (entry.check_offset is not None and entry.check_crc is not None)
@@ -97,10 +103,16 @@ class Claims:
     when the file is confirmed, started over under another id, or the session ends. A
     session may take over a transfer another one holds when its resume point proves the file
     (:func:`proves_the_file`); the one that lost it stops writing it.
+
+    Across ingestors the progress topic decides (:mod:`.arbiter`); this process's own
+    knowledge comes first, so it remembers its sessions that ended (``ended``): a holder the
+    topic names that ended here writes nothing any more.
     """
 
     owners: dict[str, str] = field(default_factory=dict)
     held: dict[str, set[str]] = field(default_factory=dict)  # session -> its transfers
+    ended: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    remember_ended: int = 100_000
 
     def __len__(self) -> int:
         return len(self.owners)
@@ -129,6 +141,9 @@ class Claims:
         for transfer_id in self.held.pop(session, set()):
             if self.owners.get(transfer_id) == session:
                 del self.owners[transfer_id]
+        self.ended[session] = None
+        while len(self.ended) > self.remember_ended:
+            self.ended.popitem(last=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +158,8 @@ class Decision:
     imei: int = 0
     info: TransferInfo | None = None
     generation: int = 0
+    #: It resumes from a point that proves the file while another session holds it.
+    takeover: bool = False
 
 
 @dataclass(slots=True)
@@ -169,6 +186,12 @@ class ResumePolicy(DelegatingPolicy):
     empty_files: EmptyFileMemory = field(default_factory=lambda: EMPTY_FILES)
     #: Shared by the sessions of one ingestor (the camera protocol holds it).
     claims: Claims = field(default_factory=Claims)
+    #: Seconds without a record after which a holder another ingestor named is taken to be
+    #: gone (:func:`arbiter.is_live`).
+    stale_seconds: float = 60.0
+    clock: Callable[[], datetime] = _utcnow
+    #: Transfers this session won on the progress topic (:meth:`won`).
+    claimed: set[str] = field(default_factory=set)
 
     def given_up(self, session: SessionInfo, offered: Sequence[CameraFile]) -> Collection[bytes]:
         return self.empty_files.given_up(session.imei, offered)
@@ -183,6 +206,7 @@ class ResumePolicy(DelegatingPolicy):
         known = [(g, e) for g, tid in enumerate(ids) if (e := self.book.get(tid)) is not None]
         total = transfer.size if transfer.size is not None else transfer.packets or 0
         point, entry, generation = ResumePoint(), None, None
+        takeover = False
         latest = max(known, key=lambda item: item[1].updated_at, default=None)
         if latest is not None:
             g, candidate = latest
@@ -192,13 +216,14 @@ class ResumePolicy(DelegatingPolicy):
                 if usable:
                     entry, point = candidate, resume_point_of(candidate)
             elif usable and proves_the_file(candidate):
-                # Another session of this ingestor writes it: most likely this device's old
-                # connection, not yet seen to be gone. The point proves the file, so this
-                # session takes the transfer over; the other stops writing it.
+                # Another session writes it: most likely this device's old connection, here
+                # or on another ingestor, not yet seen to be gone. The point proves the file,
+                # so this session takes the transfer over; the other stops writing it.
                 generation, entry, point = g, candidate, resume_point_of(candidate)
+                takeover = True
         if generation is None:
             generation = self._free(ids, {g for g, _ in known})
-        decision = self._decide(session.imei, transfer, generation, point, entry)
+        decision = self._decide(session.imei, transfer, generation, point, entry, takeover)
         self.decisions.append(decision)
         return point
 
@@ -207,7 +232,7 @@ class ResumePolicy(DelegatingPolicy):
         decision for it from byte 0, under a generation nobody uses."""
         info = decision.info
         assert info is not None
-        self.claims.release(decision.transfer_id, self.nonce)
+        self.release(decision.transfer_id)
         ids = [transfer_key(decision.imei, info, self.nonce, g) for g in range(MAX_GENERATIONS)]
         known = {g for g, tid in enumerate(ids) if self.book.get(tid) is not None}
         generation = self._free(ids, known | {decision.generation})
@@ -216,23 +241,51 @@ class ResumePolicy(DelegatingPolicy):
     def release(self, transfer_id: str) -> None:
         """The session is done with ``transfer_id`` (confirmed, or given up)."""
         self.claims.release(transfer_id, self.nonce)
+        self.claimed.discard(transfer_id)
 
     def owns(self, transfer_id: str) -> bool:
         """Whether this session holds ``transfer_id``."""
         return self.claims.owner(transfer_id) == self.nonce
 
+    def won(self, transfer_id: str) -> bool:
+        """After this session's claim of ``transfer_id`` was read back from the progress
+        topic: whether it is the holder now (then :meth:`taken_over` follows the topic)."""
+        holder = self.book.holder(transfer_id)
+        if holder is None or holder.session_id != self.nonce:
+            return False
+        self.claimed.add(transfer_id)
+        return True
+
     def taken_over(self, transfer_id: str) -> bool:
-        """Whether another session writes ``transfer_id`` now (it took it over)."""
-        return self._taken(transfer_id)
+        """Whether another session writes ``transfer_id`` now (it took it over, here or, once
+        this session won it on the progress topic, on another ingestor)."""
+        owner = self.claims.owner(transfer_id)
+        if owner is not None and owner != self.nonce:
+            return True
+        if transfer_id not in self.claimed:
+            return False
+        holder = self.book.holder(transfer_id)
+        return holder is not None and holder.session_id != self.nonce
 
     def _taken(self, transfer_id: str) -> bool:
+        """Whether another session may be writing ``transfer_id``: one of this ingestor
+        (known exactly), else the holder the progress topic names, unless it ended here or
+        went silent for ``stale_seconds``."""
         owner = self.claims.owner(transfer_id)
-        return owner is not None and owner != self.nonce
+        if owner is not None:
+            return owner != self.nonce
+        holder = self.book.holder(transfer_id)
+        return (
+            holder is not None
+            and holder.session_id != self.nonce
+            and holder.session_id not in self.claims.ended
+            and is_live(holder, self.clock(), self.stale_seconds)
+        )
 
     def _free(self, ids: list[str], known: set[int]) -> int:
         """The first generation neither in the book nor written by a session now."""
         for generation, tid in enumerate(ids):
-            if generation not in known and self.claims.owner(tid) is None:
+            if generation not in known and not self._taken(tid) and not self.owns(tid):
                 return generation
         return MAX_GENERATIONS  # every one in use: an id of this session's own
 
@@ -243,13 +296,14 @@ class ResumePolicy(DelegatingPolicy):
         generation: int,
         point: ResumePoint,
         entry: TransferProgress | None,
+        takeover: bool = False,
     ) -> Decision:
         if generation < MAX_GENERATIONS:
             tid = transfer_key(imei, info, self.nonce, generation)
         else:
             tid = transfer_key(imei, info, f"{self.nonce}/own", generation)
         self.claims.claim(tid, self.nonce)
-        return Decision(tid, info.file, point, entry, imei, info, generation)
+        return Decision(tid, info.file, point, entry, imei, info, generation, takeover)
 
     def take(self, file: CameraFile) -> Decision:
         """The decision made for ``file``'s START (the oldest one not taken yet)."""

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from aiokafka.errors import KafkaError
+
 from camproto import (
     CameraFile,
     ChunkReceived,
@@ -49,8 +51,8 @@ from ..adapter import Link, PeerError, Session
 from ..sink import KafkaFailed
 from . import metrics
 from .convert import capture_info, file_info
-from .progress import ProgressBook, ProgressPublisher
-from .resume import Claims, Decision, ResumePolicy
+from .progress import ProgressBook, ProgressPublisher, ProgressReader
+from .resume import MAX_GENERATIONS, Claims, Decision, ResumePolicy
 from .settings import CameraSettings
 
 __all__ = ["CameraSession"]
@@ -113,6 +115,12 @@ class _Transfer:
     lost: bool = False
     bytes: int = 0
     crc_mismatches: int = 0
+    #: How long its claim on the progress topic took (None: not claimed there).
+    claim_seconds: float | None = None
+    #: Claimed there: when (edge clock) a record must go out to show the holder is alive.
+    refresh_at: float | None = None
+    #: The progress record it resumed from (incomplete), while nothing more is durable.
+    resumed_from: TransferProgress | None = None
 
 
 class CameraSession(Session):
@@ -125,16 +133,22 @@ class CameraSession(Session):
         book: ProgressBook,
         publisher: ProgressPublisher,
         claims: Claims | None = None,
+        reader: ProgressReader | None = None,
     ) -> None:
         self.link = link
         self.settings = settings
         #: Where resume points come from, and where progress goes (shared by the sessions).
         self.book = book
         self.publisher = publisher
+        #: Follows the progress topic into the book: with it, a transfer is claimed there
+        #: before it is written (one writer across ingestors); without it, only here.
+        self.reader = reader
         base = DefaultPolicy(
             metadata=settings.request_metadata, max_file_bytes=settings.file_size_limits()
         )
-        self._policy = ResumePolicy(book, link.session_id, base)
+        self._policy = ResumePolicy(
+            book, link.session_id, base, stale_seconds=settings.claim_stale_seconds
+        )
         if claims is not None:
             self._policy.claims = claims
         self._conn = ServerConnection(self._policy)
@@ -147,6 +161,7 @@ class CameraSession(Session):
         self._abort_reason = "resume_reset"
         self._detail = "session closed"
         self._now = 0.0  # the edge's clock, as last passed in
+        self._claim_seconds: float | None = None  # the last claim's round trip
 
     @property
     def session_id(self) -> str:
@@ -179,8 +194,40 @@ class CameraSession(Session):
         deadline = self._conn.next_deadline()
         too_slow = self._too_slow_at()
         if too_slow is not None and (deadline is None or too_slow < deadline):
-            return too_slow
+            deadline = too_slow
+        transfer = self._transfer
+        refresh = None if transfer is None else transfer.refresh_at
+        if refresh is not None and (deadline is None or refresh < deadline):
+            deadline = refresh
         return deadline
+
+    def _keep_claim(self, now: float) -> None:
+        """A transfer claimed on the progress topic shows its holder alive: a record at least
+        every third of ``claim_stale_seconds`` (progress goes out with each chunk record
+        acknowledged; a slow device sends fewer), so no other ingestor takes it as gone."""
+        transfer = self._transfer
+        if transfer is None or transfer.refresh_at is None or now < transfer.refresh_at:
+            return
+        transfer.refresh_at = now + self.settings.claim_stale_seconds / 3
+        if transfer.broken or self._policy.taken_over(transfer.id):
+            return
+        entry = transfer.resumed_from
+        if entry is not None and transfer.durable <= entry.offset:
+            # Nothing durable past the point resumed from: say that point again (with its
+            # check packet), so the compacted topic keeps a resume point that proves the file.
+            self.publisher.publish(
+                entry.model_copy(
+                    update={
+                        "session_id": self.session_id,
+                        "ingestor": self.link.instance,
+                        "updated_at": _now(),
+                        "claim": None,
+                        "stale_seconds": None,
+                    }
+                )
+            )
+            return
+        self.publisher.publish(self._progress(transfer))
 
     def _too_slow_at(self) -> float | None:
         """When the file being received has been too slow (only while its data comes)."""
@@ -214,7 +261,8 @@ class CameraSession(Session):
             self.link.close_reason = self._abort_reason
             await self.close(self._abort)
             return
-        await self._too_slow(now)  # a trickle keeps the idle timer quiet, not this one
+        if not await self._too_slow(now):  # a trickle keeps the idle timer quiet, not this
+            self._keep_claim(now)
 
     async def receive_eof(self) -> None:
         try:
@@ -227,6 +275,7 @@ class CameraSession(Session):
         self._now = max(self._now, now)
         if await self._too_slow(now):
             return
+        self._keep_claim(now)
         await self._handle(self._conn.handle_timeout(now))
         if self.closed:
             self.link.close_reason = "device_closed"
@@ -370,6 +419,18 @@ class CameraSession(Session):
             metrics.resumes.labels(metrics.PROTOCOL, "complete").inc()
             origin, partition = entry.origin, entry.partition
         else:
+            self._claim_seconds = None
+            claimed = await self._claim(event, decision, entry)
+            if claimed is None:
+                return  # another session resumes it: closing, the device comes back
+            if claimed is not decision:  # another session writes it: the next free id
+                decision, transfer_id, entry, point = (
+                    claimed,
+                    claimed.transfer_id,
+                    None,
+                    claimed.point,
+                )
+                self.link.log = self.link.log.bind(transfer=transfer_id)
             # The RESUME that asks for the data goes out now: its interval runs from here,
             # not from the start record's acknowledgement (slow in a burst; the data waits
             # in the socket meanwhile, and chunk records follow the start record).
@@ -417,7 +478,12 @@ class CameraSession(Session):
             durable_crc=resumed_crc,
             replay=entry if entry is not None and entry.complete else None,
             last_offset=-1 if entry is not None and entry.complete else start_offset,
+            claim_seconds=None if start_offset < 0 else self._claim_seconds,
         )
+        if transfer_id in self._policy.claimed:
+            self._transfer.refresh_at = self._now + self.settings.claim_stale_seconds / 3
+            if entry is not None and not entry.complete:
+                self._transfer.resumed_from = entry
         await self._session_event(
             wire.TransferStarted,
             transfer_id=transfer_id,
@@ -425,6 +491,98 @@ class CameraSession(Session):
             size=event.size,
             packets=event.packets,
             resume_offset=event.resume_offset,
+        )
+
+    async def _claim(
+        self, event: TransferStarted, decision: Decision, entry: TransferProgress | None
+    ) -> Decision | None:
+        """Claim ``decision``'s transfer on the progress topic before writing anything of it
+        (:mod:`.arbiter`): send the claim, wait for Kafka's ack, read the topic back up to it.
+        Won: the decision. Lost while asking from byte 0: the file starts over under the
+        next free id (claimed in turn). Lost while resuming (the device was asked for a
+        point in the file another session writes): None, and the session closes without
+        confirming; the device comes back and the next START knows the holder."""
+        reader = self.reader
+        if reader is None or decision.generation >= MAX_GENERATIONS:
+            return decision  # not read across ingestors, or an id of this session's own
+        for _ in range(MAX_GENERATIONS + 1):
+            tid = decision.transfer_id
+            began = time.monotonic()
+            try:
+                async with asyncio.timeout(self.settings.claim_timeout_seconds):
+                    partition, offset = await self.publisher.claim(
+                        self._claim_record(event, decision, entry)
+                    )
+                    wait = self.settings.claim_timeout_seconds
+                    if not await reader.reached(partition, offset, wait):
+                        raise TimeoutError("the progress reader did not reach the claim")
+            except (KafkaFailed, KafkaError, TimeoutError) as exc:
+                metrics.claims.labels("failed").inc()
+                raise KafkaFailed(
+                    f"claim of transfer {tid} not acknowledged and read back within "
+                    f"{self.settings.claim_timeout_seconds:g} s: {exc!r}"
+                ) from exc
+            took = time.monotonic() - began
+            metrics.claim_seconds.observe(took)
+            self._claim_seconds = (
+                took if self._claim_seconds is None else self._claim_seconds + took
+            )
+            if self._policy.won(tid):
+                metrics.claims.labels("won").inc()
+                return decision
+            metrics.claims.labels("lost").inc()
+            holder = self.book.holder(tid)
+            self.link.log.info(
+                "transfer_claim_lost",
+                transfer=tid,
+                holder=None if holder is None else holder.session_id,
+                holder_ingestor=None if holder is None else holder.ingestor,
+                resume_offset=event.resume_offset,
+            )
+            if event.resume_offset:
+                self._policy.release(tid)
+                self._abort = (
+                    f"transfer {tid} is written by session "
+                    f"{'?' if holder is None else holder.session_id} on ingestor "
+                    f"{'?' if holder is None else holder.ingestor}; closing without writing, "
+                    "the device comes back"
+                )
+                self._abort_reason = "superseded"
+                return None
+            decision, entry = self._policy.restarted(decision), None
+            if decision.generation >= MAX_GENERATIONS:
+                return decision
+        raise KafkaFailed(f"no transfer id of {event.file} could be claimed")  # pragma: no cover
+
+    def _claim_record(
+        self, event: TransferStarted, decision: Decision, entry: TransferProgress | None
+    ) -> TransferProgress:
+        """The claim: the progress this session starts from (the entry it resumes, so the
+        compacted topic keeps the resume point), named as its own."""
+        assert self.imei is not None
+        total = event.size if event.size is not None else event.packets or 0
+        if entry is None or entry.complete:
+            entry = TransferProgress(
+                transfer_id=decision.transfer_id,
+                imei=self.imei,
+                identifier=event.file.path,
+                total=total,
+                offset=0,
+                crc=0,
+                origin=-1,  # no start record yet
+                partition=-1,
+                session_id=self.session_id,
+                ingestor=self.link.instance,
+                updated_at=_now(),
+            )
+        return entry.model_copy(
+            update={
+                "session_id": self.session_id,
+                "ingestor": self.link.instance,
+                "updated_at": _now(),
+                "claim": "takeover" if decision.takeover else "start",
+                "stale_seconds": self.settings.claim_stale_seconds,
+            }
         )
 
     async def _on_restarted(self, event: TransferRestarted) -> None:
@@ -589,6 +747,8 @@ class CameraSession(Session):
                 advanced = True
         if advanced and not transfer.broken and not self._policy.taken_over(transfer.id):
             self.publisher.publish(self._progress(transfer))
+            if transfer.refresh_at is not None:
+                transfer.refresh_at = self._now + self.settings.claim_stale_seconds / 3
 
     def _in_order(self, transfer: _Transfer, meta: Any) -> bool:
         """Records of a transfer land in one partition at growing offsets. One that does not
@@ -698,6 +858,9 @@ class CameraSession(Session):
             device_crc_ok=event.device_crc_ok,
             seconds=round(elapsed, 3),
             durable_seconds=round(durable, 4),
+            claim_seconds=None
+            if transfer.claim_seconds is None
+            else round(transfer.claim_seconds, 4),
         )
         await self._session_event(
             wire.TransferComplete,

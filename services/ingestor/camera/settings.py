@@ -43,6 +43,20 @@ class CameraSettings(ListenerSettings):
         description="seconds a transfer's progress is kept for a resume (keep it below the "
         "chunk topic's retention)",
     )
+    claim_stale_seconds: float = Field(
+        60.0,
+        description="seconds without a progress record after which the session holding a "
+        "transfer (on another ingestor, killed) is taken to be gone: another session may "
+        "then claim the transfer without proving the file. Until then it starts over under "
+        "the next free transfer id instead (or takes over with a resume point that proves "
+        "the file). A holder publishes at least every third of this while connected",
+        gt=0,
+    )
+    claim_timeout_seconds: float = Field(
+        10.0,
+        description="longest a START waits for its claim on the progress topic to be "
+        "acknowledged and read back; past it the session closes (the device comes back)",
+    )
     max_file_bytes_dualcam: int = Field(
         32 * _MIB,
         description="largest DualCam file a START may announce (packets x 1024), in bytes; "
