@@ -154,9 +154,12 @@ async def partitions_of(consumer: Any, topic: str) -> set[int]:
 
 
 def faust_app(settings: KafkaSettings, app_id: str, **options: Any) -> faust.App:
-    """A faust app on the configured brokers, with their security and, when enabled, an
-    idempotent producer (faust turns idempotence on only inside its own transactions)."""
+    """A faust app on the configured brokers, with their security, when enabled an
+    idempotent producer (faust turns idempotence on only inside its own transactions), and
+    the configured fetch wait (faust fixes its consumer's at 1.5 s, which Tansu holds whole:
+    a record arriving on an idle partition waited up to that long)."""
     import faust
+    from faust.transport.drivers import aiokafka as driver
     from faust.transport.drivers.aiokafka import Producer
 
     context = ssl_context(settings)
@@ -178,7 +181,27 @@ def faust_app(settings: KafkaSettings, app_id: str, **options: Any) -> faust.App
         def _settings_extra(self) -> dict[str, Any]:
             return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
 
+    fetch_max_wait_ms = settings.kafka_fetch_max_wait_ms
+
+    class ConsumerThread(driver.AIOKafkaConsumerThread):
+        def _create_worker_consumer(self, transport: Any) -> Any:
+            consumer = super()._create_worker_consumer(transport)
+            # faust passes no fetch wait of ours; aiokafka hands this one to its fetcher at
+            # start() (checked by tests/assembler/test_faust_settings.py).
+            consumer._fetch_max_wait_ms = fetch_max_wait_ms
+            return consumer
+
+    class WaitingConsumer(driver.Consumer):
+        def _new_consumer_thread(self) -> Any:
+            return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    class Transport(driver.Transport):
+        Consumer = WaitingConsumer
+
     class App(faust.App):
+        def _new_transport(self) -> Any:
+            return Transport(self.conf.broker_consumer, self)
+
         def _new_producer(self) -> Any:
             if not idempotent:
                 return super()._new_producer()

@@ -297,6 +297,7 @@ class Assembler:
     async def handle(self, message: Any, ack: Ack | None = None) -> bool:
         """One record as faust (or aiokafka) delivered it. True when it completed a file:
         the upload then runs in the background and awaits ``ack`` once the file is stored."""
+        taken = time.monotonic()
         try:
             record = Record.parse(
                 message.key, message.value, message.headers, message.partition, message.offset
@@ -326,7 +327,7 @@ class Assembler:
             outcome = self.reassembler.feed(record)
             if isinstance(outcome, Rewind):
                 outcome = await self._rewind(record, outcome.origin)
-            return await self._conclude(outcome, ack)
+            return await self._conclude(outcome, ack, taken)
         finally:
             self.busy = None
 
@@ -433,10 +434,13 @@ class Assembler:
         await self._retry("rewind", metrics.kafka_errors, replay)
         return self.reassembler.feed(record, rewinding=True)
 
-    async def _conclude(self, outcome: Outcome, ack: Ack | None) -> bool:
-        """Act on an outcome; True if an upload took over ``ack``."""
+    async def _conclude(
+        self, outcome: Outcome, ack: Ack | None, taken: float | None = None
+    ) -> bool:
+        """Act on an outcome; True if an upload took over ``ack``. ``taken``: when the record
+        that completed it was taken (monotonic), for the ``file_stored`` line's timings."""
         if isinstance(outcome, Completed):
-            await self._start_upload(outcome, ack)
+            await self._start_upload(outcome, ack, taken)
             return True
         if isinstance(outcome, Failed):
             await self._failed(outcome)
@@ -449,20 +453,20 @@ class Assembler:
 
     # Endings ----------------------------------------------------------------------------
 
-    async def _start_upload(self, done: Completed, ack: Ack | None) -> None:
+    async def _start_upload(self, done: Completed, ack: Ack | None, taken: float | None) -> None:
         """Store the file in the background (at most ``s3_concurrency`` at once); the
         record that completed it is acknowledged, so its offset committed, only after."""
         if self._closing.is_set():
             await asyncio.Event().wait()  # shutting down: wait to be cancelled
         await self._slots.acquire()
-        task = asyncio.create_task(self._upload(done, ack), name=f"store {done.transfer}")
+        task = asyncio.create_task(self._upload(done, ack, taken), name=f"store {done.transfer}")
         self._uploads.add(task)
         task.add_done_callback(self._uploads.discard)
 
-    async def _upload(self, done: Completed, ack: Ack | None) -> None:
+    async def _upload(self, done: Completed, ack: Ack | None, taken: float | None) -> None:
         try:
             try:
-                await self._store(done)
+                await self._store(done, taken)
             except asyncio.CancelledError:
                 raise  # not acknowledged: Kafka delivers the records again
             except Exception as exc:  # a bug: S3 and Kafka errors are retried inside
@@ -491,7 +495,7 @@ class Assembler:
                 _log.warning("uploads_cancelled", uploads=len(pending))
                 await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _store(self, done: Completed) -> None:
+    async def _store(self, done: Completed, taken: float | None = None) -> None:
         transfer = done.transfer
         start = transfer.start
         name = keys.object_name(start)
@@ -522,7 +526,8 @@ class Assembler:
             )
 
         result = await self._retry("s3", metrics.s3_errors, upload)
-        upload_seconds = time.monotonic() - began
+        uploaded = time.monotonic()
+        upload_seconds = uploaded - began
         metrics.s3_upload_seconds.observe(upload_seconds)
         event = FileStored(
             event_id=f"{transfer.transfer_id}.stored",
@@ -540,6 +545,7 @@ class Assembler:
             stored_at=datetime.now(UTC),
         )
         await self._produce(start.imei, encode(event))
+        announce_seconds = time.monotonic() - uploaded
         self.reassembler.finish(transfer)
         metrics.files.labels("stored" if result.uploaded else "duplicate").inc()
         began_at = start.started_at
@@ -559,7 +565,11 @@ class Assembler:
             device_crc_ok=done.device_crc_ok,
             records=transfer.records,
             duplicate_records=transfer.duplicates,
-            upload_seconds=round(upload_seconds, 3),
+            # From taking the record that completed the file to starting its upload (an S3
+            # slot), the upload, and the file.stored event's acknowledgement.
+            queued_seconds=None if taken is None else round(began - taken, 4),
+            upload_seconds=round(upload_seconds, 4),
+            announce_seconds=round(announce_seconds, 4),
         )
 
     async def _failed(self, failed: Failed) -> None:

@@ -61,3 +61,16 @@ def test_spools_of_dead_processes_are_removed(tmp_path: Path) -> None:
     assert mine == tmp_path / f"pid-{os.getpid()}" and mine.is_dir()
     names = {p.name for p in tmp_path.iterdir()}
     assert names == {f"pid-{os.getpid()}", f"pid-{os.getppid()}", "pid-x"}
+
+
+async def test_faust_consumer_takes_the_configured_fetch_wait(tmp_path: Path) -> None:
+    """faust builds its consumer with a fixed 1.5 s fetch wait; the assembler's takes
+    ``FLEETGATE_KAFKA_FETCH_MAX_WAIT_MS`` (Tansu holds an empty fetch for the whole wait)."""
+    from assembler.app import create_app
+
+    for wait in (100, 500):
+        app = create_app(AssemblerSettings(kafka_fetch_max_wait_ms=wait), tmp_path)
+        thread = app.consumer._thread
+        consumer = thread._create_worker_consumer(app.transport)
+        assert consumer._fetch_max_wait_ms == wait
+        assert consumer._group_id == app.conf.id  # still faust's own worker consumer

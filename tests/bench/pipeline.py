@@ -45,6 +45,7 @@ from contracts import Topic
 from devstack.infra import (
     DEFAULT_PARTITIONS,
     S3RVER_KEY,
+    TANSU_CLIENT_ENV,
     Process,
     create_topics,
     free_port,
@@ -92,6 +93,10 @@ class Stack:
     s3: str = ""
     camera_port: int = 0
     sink_out: Path = Path()
+    #: Extra environment of the services (after the defaults below).
+    env: dict[str, str] = field(default_factory=dict)
+    #: Log level per service (default warning).
+    log_levels: dict[str, str] = field(default_factory=dict)
 
     async def start(self) -> None:
         logs = self.data / "logs"
@@ -132,15 +137,16 @@ class Stack:
             "FLEETGATE_CAMERA_PORT": str(self.camera_port),
             "FLEETGATE_CONNECTOR_CONFIG": str(config),
             "FLEETGATE_SPOOL_DIR": str(self.data / "spool"),
-            "FLEETGATE_LOG_LEVEL": "warning",
-            "FLEETGATE_BROKER_SESSION_TIMEOUT_SECONDS": "6",
-            "FLEETGATE_BROKER_REBALANCE_TIMEOUT_SECONDS": "6",
-            "FLEETGATE_BROKER_HEARTBEAT_INTERVAL_SECONDS": "1",
+            # What devstack tells services on Tansu (no idempotent producer, short group
+            # timeouts, fetch wait).
+            **TANSU_CLIENT_ENV,
         }
         for name in ("ingestor", "assembler", "connector"):
             port = self.metrics[name] = free_port()
             listen = self.camera_port if name == "ingestor" else port
-            self._spawn(name, [name], listen, env | {"FLEETGATE_METRICS_PORT": str(port)})
+            level = {"FLEETGATE_LOG_LEVEL": self.log_levels.get(name, "warning")}
+            own = {"FLEETGATE_METRICS_PORT": str(port)} | level
+            self._spawn(name, [name], listen, env | self.env | own)
         for name in ("ingestor", "assembler", "connector"):
             self.processes[name].wait_port(60)
 
@@ -150,6 +156,9 @@ class Stack:
         process = Process(name, command, port, log, env=env).start()
         self.processes[name] = process
         return process
+
+    def log(self, name: str) -> Path:
+        return self.data / "logs" / f"{name}.log"
 
     def pid(self, name: str) -> int:
         popen = self.processes[name].popen
