@@ -2,9 +2,9 @@
 
 Starts the pipeline as ``tests/bench/pipeline.py`` does (Tansu, s3rver, ingestor, assembler,
 connector, webhook sink), with the assembler and connector logging at info, then sends
-``--rounds`` rounds (after one round left out as warm-up) of ``--cameras`` cameras (a photo and a video each, paced to
-``--rate`` bytes/s per camera), one round after the other, so the pipeline is nearly idle. For
-every file it puts together, on the machine's one clock:
+``--rounds`` rounds (after one left out as warm-up) of ``--cameras`` cameras (a photo and a
+video each, paced to ``--rate`` bytes/s per camera), one round after the other, so the
+pipeline is nearly idle. For every file it puts together, on the machine's one clock:
 
 - the last packet leaving the simulated camera (the simulator);
 - the ``end`` record created by the ingestor (its Kafka timestamp, read back from the chunk
@@ -28,7 +28,6 @@ import json
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +117,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             fleet.devices = [TimedDevice(plan, config) for plan in fleet.plans]
             report = await fleet.run()
             files += args.cameras * content.files_per_device
-            await until(lambda: hooks.poll() >= files, 60, f"{files} webhooks", every=0.05)
+            await until(lambda n=files: hooks.poll() >= n, 60, f"{files} webhooks", every=0.05)
             say(f"round {round_}/{args.rounds}: {report.summary()}")
             if round_ == 0:
                 warmup = {h.data.get("transfer_id") for h in hooks.seen}
