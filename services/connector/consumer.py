@@ -8,8 +8,11 @@ topic (one per step of the schedule, shared by all endpoints; each group acts on
 endpoint's records and passes over the others').
 
 Inside one endpoint partitions proceed concurrently (a batch goes to a task of its partition,
-which is paused meanwhile while the main loop keeps polling, so group membership stays alive
-however long a wait lasts). In a partition of new events each device's events (one Kafka key)
+while the main loop keeps polling the other partitions, so group membership stays alive
+however long a wait lasts). A partition with a task is left out of the polls, not paused: the
+consumer keeps fetching it ahead, so its next records are at hand when the task ends. (Pausing
+dropped what was fetched ahead; the partition was fetched again after its task, behind any
+fetch of idle partitions the broker was holding, up to ``kafka_fetch_max_wait_ms``.) In a partition of new events each device's events (one Kafka key)
 are handled in order, one at a time, and different devices' side by side: up to
 ``max_concurrency`` first attempts of the endpoint in flight, fewer while it fails (see
 :class:`_Window`). A retry topic's partition is handled in order, one record at a time.
@@ -18,7 +21,7 @@ are handled in order, one at a time, and different devices' side by side: up to
   is written to the first retry topic (or the one ``Retry-After`` asks for), on a 4xx to the
   dead-letter topic; either write is acknowledged by the broker before the event's offset is
   committed. A failing event therefore never blocks the events behind it.
-- A retry record waits in its partition until it is due (the partition is paused), is
+- A retry record waits in its partition until it is due (the partition's task waits), is
   attempted, and then is done, moves to the next step, or is dead-lettered once it would
   exceed the maximum age; again committed only after that.
 - While the endpoint's circuit breaker is open, new events go straight to the first retry step
@@ -325,8 +328,11 @@ class EndpointWorker:
             heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
         )
         self._stop = asyncio.Event()
-        #: One task per partition with records in hand (the partition is paused meanwhile).
+        #: One task per partition with records in hand (left out of the polls meanwhile). A
+        #: task that stopped before finishing its records stays, so they are not skipped.
         self._tasks: dict[TopicPartition, asyncio.Task[None]] = {}
+        #: Set when a partition's task finishes: the main loop polls it again at once.
+        self._freed = asyncio.Event()
         #: Next offset to commit per partition (the last finished record's offset + 1).
         self._finished: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
@@ -349,9 +355,7 @@ class EndpointWorker:
             await self.consumer.start()
             _log.info("endpoint_started", endpoint=self.name, group=self.group)
             while not stop.is_set():
-                batch = await self.consumer.getmany(
-                    timeout_ms=POLL_MS, max_records=self.settings.max_batch
-                )
+                batch = await self._poll()
                 for tp, records in batch.items():
                     if records:
                         if tp.topic in self.tiers:
@@ -361,19 +365,45 @@ class EndpointWorker:
                                 if RetryState.endpoint_of(r.headers) == self.name
                             ]
                             self.backlog.fetched(tp, mine, records[-1].offset)
-                        self.consumer.pause(tp)
                         self._tasks[tp] = asyncio.create_task(self._drain(tp, records))
                 self._flush_due()
                 self._raise_failed_tasks()
         finally:
             await self._shutdown(committer)
 
+    async def _poll(self) -> dict[TopicPartition, list[Any]]:
+        """Records of the partitions without a task, for up to :data:`POLL_MS`; returns
+        early (maybe with nothing) when a task finishes, so its partition is polled again
+        without waiting out the poll."""
+        self._freed.clear()
+        assigned = self.consumer.assignment()
+        idle = [tp for tp in assigned if tp not in self._tasks]
+        if assigned and not idle:  # every partition in hand: wait for one to be free
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._freed.wait(), POLL_MS / 1000)
+            return {}
+        # No partition named (nothing assigned yet) polls them all, as before.
+        fetch = asyncio.ensure_future(
+            self.consumer.getmany(*idle, timeout_ms=POLL_MS, max_records=self.settings.max_batch)
+        )
+        freed = asyncio.ensure_future(self._freed.wait())
+        try:
+            await asyncio.wait({fetch, freed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            freed.cancel()
+            if not fetch.done():
+                # getmany takes records only after its last wait: cancelled, it took none.
+                fetch.cancel()
+                await asyncio.wait({fetch})
+        if fetch.cancelled():
+            return {}
+        return fetch.result()
+
     def _raise_failed_tasks(self) -> None:
         for tp, task in list(self._tasks.items()):
-            if task.done():
+            if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
                 del self._tasks[tp]
-                if not task.cancelled() and (exc := task.exception()) is not None:
-                    raise exc
+                raise exc
 
     async def _drain(self, tp: TopicPartition, records: list[Any]) -> None:
         """Handle ``records`` (one partition), then commit and fetch more."""
@@ -436,11 +466,11 @@ class EndpointWorker:
                 task.cancel()
 
     async def _resume(self, tp: TopicPartition) -> None:
+        """The partition's records are finished: commit, and let the main loop poll it."""
         await self._commit()
         if self._tasks.get(tp) is asyncio.current_task():
             del self._tasks[tp]
-        if not self._stop.is_set() and tp in self.consumer.assignment():
-            self.consumer.resume(tp)
+            self._freed.set()
 
     # --- batches (endpoints with ``batch``) ------------------------------------------------
 
@@ -491,7 +521,6 @@ class EndpointWorker:
             if deadline is None or deadline > now or tp in self._tasks:
                 continue
             if tp in self.consumer.assignment():
-                self.consumer.pause(tp)
                 self._tasks[tp] = asyncio.create_task(self._flush(tp))
 
     async def _flush(self, tp: TopicPartition) -> None:

@@ -244,6 +244,14 @@ async def _start_group_at_end(bootstrap: str, group: str) -> None:
         await consumer.stop()
 
 
+def _runnable(pid: int) -> float:
+    """Seconds the process's main thread (the event loop) spent on a CPU or waiting for one
+    (``/proc/<pid>/task/<pid>/schedstat``); the rest of the wall time it slept, waiting for the
+    broker or the endpoint. The difference from wall time does not grow with other jobs' load."""
+    on_cpu, queued = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[:2]
+    return (int(on_cpu) + int(queued)) / 1e9
+
+
 def _cpu(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
@@ -292,6 +300,7 @@ async def scenario(
     pid = connector.popen.pid
     spy = _profile(pid, name)
     samples: list[tuple[float, int, int, float]] = []
+    runnable: list[float] = []
     done = False
     try:
         deadline = time.monotonic() + within
@@ -302,6 +311,7 @@ async def scenario(
             posts = counts["requests"] - before["requests"]
             ids = counts["ids"]
             samples.append((time.monotonic(), posts, ids, _cpu(pid)))
+            runnable.append(_runnable(pid))
             # ids: one per event (a batch carries its first record's id), so with batches the
             # end is when the POSTs stop growing after the last record could be in one.
             if expected_posts is not None and ids >= events:
@@ -319,8 +329,9 @@ async def scenario(
     if not done:
         raise SystemExit(f"{name}: not every event delivered within {within} s: {samples[-1]}")
     (data / f"{name}-samples.json").write_text(json.dumps(samples))  # time, posts, ids, cpu
-    first = next(s for s in samples if s[1] > 0)
-    last = next(s for s in samples if s[1] == samples[-1][1])  # not the quiet tail of batches
+    at_first = next(i for i, s in enumerate(samples) if s[1] > 0)
+    at_last = next(i for i, s in enumerate(samples) if s[1] == samples[-1][1])
+    first, last = samples[at_first], samples[at_last]  # not the quiet tail of batches
     posts = last[1] - first[1]
     seconds = last[0] - first[0]
     cpu = last[3] - first[3]
@@ -330,6 +341,10 @@ async def scenario(
         "deliveries_s": posts / seconds if seconds > 0 else None,
         "cpu_ms_per_delivery": 1000 * cpu / posts if posts else None,
         "connector_cpu_share": cpu / seconds if seconds > 0 else None,
+        # Share of the time the event loop slept (waiting for I/O, not for a CPU).
+        "loop_sleeping_share": (
+            1 - (runnable[at_last] - runnable[at_first]) / seconds if seconds > 0 else None
+        ),
     }
     if expected_posts is None:
         result["records_s"] = events * posts / last[1] / seconds if seconds > 0 else None
@@ -455,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  {name:<10} {row['deliveries_s']:>8.0f} deliveries/s"
             f"  {row['cpu_ms_per_delivery']:.3f} CPU ms/delivery"
-            f"  (connector busy {row['connector_cpu_share']:.0%}){extra}"
+            f"  (connector busy {row['connector_cpu_share']:.0%},"
+            f" its loop asleep {row['loop_sleeping_share']:.0%}){extra}"
         )
     return 0
 

@@ -527,3 +527,81 @@ async def test_a_held_request_and_failures_leave_room_for_others() -> None:
     window.learn(True)  # a success doubles it
     assert window.allowed == 8
     assert _Window(2).allowed == 2  # never above max_concurrency
+
+
+class _HeldFetches:
+    """A consumer whose polls bring nothing until cancelled, as a fetch the broker holds."""
+
+    def __init__(self, *tps: Any) -> None:
+        self.tps = set(tps)
+        self.polled: list[set[Any]] = []
+        self.committed: list[dict[Any, int]] = []
+        self.asked = asyncio.Event()
+
+    def assignment(self) -> set[Any]:
+        return set(self.tps)
+
+    async def getmany(self, *partitions: Any, timeout_ms: int, max_records: int) -> dict[Any, Any]:
+        self.polled.append(set(partitions))
+        self.asked.set()
+        await asyncio.Event().wait()  # held past its timeout: only a cancel ends it
+        return {}
+
+    async def commit(self, offsets: dict[Any, int]) -> None:
+        self.committed.append(offsets)
+
+    def pause(self, *partitions: Any) -> None:
+        raise AssertionError("pausing drops what was fetched ahead")
+
+
+async def test_a_partition_in_hand_is_left_out_of_polls_and_polled_again_once_finished() -> None:
+    """Records in hand: the partition is not paused (the consumer keeps fetching it ahead)
+    but left out of the polls; when its task finishes, a poll that is waiting ends at once, so
+    the partition's next records are taken without waiting out a held fetch."""
+    from aiokafka import TopicPartition
+
+    from connector.consumer import EndpointWorker
+
+    config = parse_config(
+        "endpoints:\n  - {name: hook, url: 'http://127.0.0.1:9/x', allow_private_network: true}\n"
+    )
+    settings = _settings()
+    worker = EndpointWorker(config.endpoints[0], settings, config, Presigner(settings), None)  # type: ignore[arg-type]
+    busy, idle = TopicPartition("fleetgate.files.v1", 0), TopicPartition("fleetgate.files.v1", 1)
+    consumer = _HeldFetches(busy, idle)
+    await worker.consumer.stop()  # never started: the fake stands in
+    worker.consumer = consumer  # type: ignore[assignment]
+    release = asyncio.Event()
+
+    async def drain() -> None:  # a partition's task: its records, then finished
+        await release.wait()
+        worker._finished[busy] = 8
+        await worker._resume(busy)
+
+    worker._tasks[busy] = asyncio.create_task(drain())
+    poll = asyncio.create_task(worker._poll())
+    await asyncio.wait_for(consumer.asked.wait(), 5)
+    assert consumer.polled == [{idle}]  # the busy partition is not polled
+    release.set()
+    assert await asyncio.wait_for(poll, 5) == {}  # the held poll gave way
+    assert consumer.committed == [{busy: 8}] and busy not in worker._tasks
+    consumer.asked.clear()
+    again = asyncio.create_task(worker._poll())
+    await asyncio.wait_for(consumer.asked.wait(), 5)
+    assert consumer.polled[-1] == {busy, idle}
+    again.cancel()
+
+    # Every partition in hand: no poll at all (one naming no partition would take them all).
+    finish = asyncio.Event()
+
+    async def hold(tp: Any) -> None:
+        await finish.wait()
+        await worker._resume(tp)
+
+    worker._tasks = {tp: asyncio.create_task(hold(tp)) for tp in (busy, idle)}
+    waiting = asyncio.create_task(worker._poll())
+    await asyncio.sleep(0.01)
+    finish.set()
+    assert await asyncio.wait_for(waiting, 5) == {}
+    assert len(consumer.polled) == 2
+    await worker.client.aclose()
