@@ -12,10 +12,12 @@ while the main loop keeps polling the other partitions, so group membership stay
 however long a wait lasts). A partition with a task is left out of the polls, not paused: the
 consumer keeps fetching it ahead, so its next records are at hand when the task ends. (Pausing
 dropped what was fetched ahead; the partition was fetched again after its task, behind any
-fetch of idle partitions the broker was holding, up to ``kafka_fetch_max_wait_ms``.) In a partition of new events each device's events (one Kafka key)
-are handled in order, one at a time, and different devices' side by side: up to
-``max_concurrency`` first attempts of the endpoint in flight, fewer while it fails (see
-:class:`_Window`). A retry topic's partition is handled in order, one record at a time.
+fetch of idle partitions the broker was holding, up to ``kafka_fetch_max_wait_ms``.)
+
+In a partition of new events each device's events (one Kafka key) are handled in order, one at
+a time, and different devices' side by side: up to ``max_concurrency`` first attempts of the
+endpoint in flight, fewer while it fails (see :class:`_Window`). A retry topic's partition is
+handled in order, one record at a time.
 
 - A new event (``fleetgate.files.v1``) gets one attempt at once. On a failure worth retrying it
   is written to the first retry topic (or the one ``Retry-After`` asks for), on a 4xx to the
@@ -397,7 +399,8 @@ class EndpointWorker:
                 await asyncio.wait({fetch})
         if fetch.cancelled():
             return {}
-        return fetch.result()
+        records: dict[TopicPartition, list[Any]] = fetch.result()
+        return records
 
     def _raise_failed_tasks(self) -> None:
         for tp, task in list(self._tasks.items()):

@@ -70,7 +70,7 @@ async def test_faust_consumer_takes_the_configured_fetch_wait(tmp_path: Path) ->
 
     for wait in (100, 500):
         app = create_app(AssemblerSettings(kafka_fetch_max_wait_ms=wait), tmp_path)
-        thread = app.consumer._thread
+        thread = app.consumer._thread  # type: ignore[attr-defined]
         consumer = thread._create_worker_consumer(app.transport)
         assert consumer._fetch_max_wait_ms == wait
         assert consumer._group_id == app.conf.id  # still faust's own worker consumer

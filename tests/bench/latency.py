@@ -117,7 +117,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             fleet.devices = [TimedDevice(plan, config) for plan in fleet.plans]
             report = await fleet.run()
             files += args.cameras * content.files_per_device
-            await until(lambda n=files: hooks.poll() >= n, 60, f"{files} webhooks", every=0.05)
+
+            def arrived(wanted: int = files) -> bool:
+                return hooks.poll() >= wanted
+
+            await until(arrived, 60, f"{files} webhooks", every=0.05)
             say(f"round {round_}/{args.rounds}: {report.summary()}")
             if round_ == 0:
                 warmup = {h.data.get("transfer_id") for h in hooks.seen}

@@ -570,7 +570,7 @@ async def test_a_partition_in_hand_is_left_out_of_polls_and_polled_again_once_fi
     busy, idle = TopicPartition("fleetgate.files.v1", 0), TopicPartition("fleetgate.files.v1", 1)
     consumer = _HeldFetches(busy, idle)
     await worker.consumer.stop()  # never started: the fake stands in
-    worker.consumer = consumer  # type: ignore[assignment]
+    worker.consumer = consumer
     release = asyncio.Event()
 
     async def drain() -> None:  # a partition's task: its records, then finished
