@@ -1,15 +1,15 @@
 """Where a file's latency goes: last packet -> webhook, hop by hop, at low load.
 
 Starts the pipeline as ``tests/bench/pipeline.py`` does (Tansu, s3rver, ingestor, assembler,
-connector, webhook sink), with the assembler and connector logging at info, then sends
+connector, webhook sink), with them logging at info, then sends
 ``--rounds`` rounds (after one left out as warm-up) of ``--cameras`` cameras (a photo and a
 video each, paced to ``--rate`` bytes/s per camera), one round after the other, so the
 pipeline is nearly idle. For every file it puts together, on the machine's one clock:
 
 - the last packet leaving the simulated camera (the simulator);
 - the ``end`` record created by the ingestor (its Kafka timestamp, read back from the chunk
-  topic) and the ingestor's ``transfer`` line (``durable_seconds``: until Kafka acknowledged
-  every record of the file);
+  topic) and the ingestor's ``transfer`` line (``durable_seconds``: from just before that
+  record until Kafka acknowledged every record of the file);
 - the assembler's ``file_stored`` line: when it took the ``end`` record, waited for an S3
   slot (``queued_seconds``), uploaded (``upload_seconds``) and had ``file.stored``
   acknowledged (``announce_seconds``);
@@ -42,7 +42,8 @@ from tests.bench.probes import TimedDevice, WebhookLog, epoch
 #: The hops, in order, as (name, start mark, end mark).
 HOPS = (
     ("ingestor: last packet -> end record created", "last_packet", "end_created"),
-    ("assembler: end record created -> taken", "end_created", "taken"),
+    ("ingestor: end record created -> acknowledged", "end_created", "end_acked"),
+    ("assembler: end record acknowledged -> taken", "end_acked", "taken"),
     ("assembler: taken -> upload starts (S3 slot)", "taken", "upload_start"),
     ("assembler: S3 upload", "upload_start", "upload_end"),
     ("assembler: file.stored acknowledged", "upload_end", "announced"),
@@ -94,7 +95,8 @@ async def end_records(bootstrap: str) -> dict[str, float]:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     data = Path(tempfile.mkdtemp(prefix="fleetgate-latency-"))
     env = dict(item.split("=", 1) for item in args.env)
-    stack = Stack(data, env=env, log_levels={"assembler": "info", "connector": "info"})
+    levels = {"ingestor": "info", "assembler": "info", "connector": "info"}
+    stack = Stack(data, env=env, log_levels=levels)
     say(f"starting the stack in {data} (extra environment: {env or 'none'})")
     await stack.start()
     hooks = WebhookLog(stack.sink_out)
@@ -127,6 +129,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 warmup = {h.data.get("transfer_id") for h in hooks.seen}
             await asyncio.sleep(0.3)  # let the pipeline go idle between rounds
         ends = await end_records(stack.bootstrap)
+        durable = {
+            line["transfer"]: line["durable_seconds"]
+            for line in log_lines(stack.log("ingestor"), "transfer")
+            if "transfer" in line
+        }
         stored = {
             line["transfer"]: line for line in log_lines(stack.log("assembler"), "file_stored")
         }
@@ -160,6 +167,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "size": line["size"],
                 "last_packet": TimedDevice.last_packet[key],
                 "end_created": ends.get(tid),
+                "end_acked": (ends[tid] + durable[tid] if tid in ends and tid in durable else None),
                 "taken": upload_start - line["queued_seconds"],
                 "upload_start": upload_start,
                 "upload_end": upload_end,
