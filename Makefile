@@ -114,6 +114,7 @@ bench: .venv ## Run the benchmarks: protocol cores, then the whole pipeline (BEN
 	$(BIN)/python -m tests.bench.connector
 	$(BIN)/python -m tests.bench.registry
 	$(BIN)/python -m tests.bench.pipeline $(BENCH_FLAGS)
+	$(BIN)/python -m tests.bench.latency
 
 .PHONY: run
 run: .venv $(if $(filter kafka,$(FLEETGATE_BROKER)),$(KAFKA_STAMP)) ## Run the pipeline on an embedded broker and S3 server (Ctrl-C stops it; FLEETGATE_BROKER=kafka: on a local Apache Kafka)
