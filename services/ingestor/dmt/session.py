@@ -57,6 +57,9 @@ from .settings import DmtSettings
 __all__ = ["DmtSession"]
 
 _HELLO_TYPE = b"0"
+# Topics as plain str (aiokafka and the sink take str; an enum member costs more per lookup).
+_RECORDS = str(Topic.RECORDS)
+_DMT_RAW = str(Topic.DMT_RAW)
 # aiokafka takes header names of type str exactly (not a StrEnum).
 _RECORD_ID = RawHeader.RECORD_ID.value
 _SESSION = RawHeader.SESSION.value
@@ -221,7 +224,23 @@ class DmtSession(Session):
             if isinstance(event, RecordReceived):
                 if shared is None:
                     shared = (*self._record_headers, (_RECEIVED_AT, millis))
-                await self._on_record(event, received_at, shared)
+                # Inline, not a coroutine per record; awaits only when the producer has no
+                # room for a record at once (``Ledger.put``).
+                hello, to_json = self._hello, self._json
+                assert hello is not None and to_json is not None  # records follow the HELLO
+                record = event.record
+                ledger, key = self.link.ledger, self._key
+                rid = record_id(PROTOCOL, hello.imei, record.sequence, record.device_time)
+                value = to_json(record, received_at, rid)
+                if not ledger.put(_RECORDS, key, value, []):
+                    await ledger.publish(_RECORDS, key, value)
+                headers = [(_RECORD_ID, rid.encode()), *shared, _type_header(event.message_type)]
+                if not ledger.put(_DMT_RAW, key, event.raw, headers):
+                    await ledger.publish(_DMT_RAW, key, event.raw, headers)
+                if _newer(record, self._latest):
+                    self._latest = record
+                if _newer(record, self._latest_fix) and _has_fix(record):
+                    self._latest_fix = record
                 self._counted += 1
             elif isinstance(event, CommitRequested):
                 await self._on_commit()
@@ -260,25 +279,6 @@ class DmtSession(Session):
         await self._session_event(DmtHello, device=identity)
         self._status = link.registry.connected(event.imei, link.connection(received_at), identity)
         await link.registry.publish(link.ledger, self._status)
-
-    async def _on_record(
-        self,
-        event: RecordReceived,
-        received_at: datetime,
-        shared: tuple[tuple[str, bytes], ...],
-    ) -> None:
-        hello, to_json = self._hello, self._json
-        assert hello is not None and to_json is not None  # records come only after HELLO
-        record = event.record
-        ledger = self.link.ledger
-        rid = record_id(PROTOCOL, hello.imei, record.sequence, record.device_time)
-        await ledger.publish(Topic.RECORDS, self._key, to_json(record, received_at, rid))
-        headers = [(_RECORD_ID, rid.encode()), *shared, _type_header(event.message_type)]
-        await ledger.publish(Topic.DMT_RAW, self._key, event.raw, headers)
-        if _newer(record, self._latest):
-            self._latest = record
-        if _newer(record, self._latest_fix) and _has_fix(record):
-            self._latest_fix = record
 
     async def _on_commit(self) -> None:
         started = time.monotonic()
