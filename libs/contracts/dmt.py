@@ -20,6 +20,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from dmtproto import (
+    ANALOGUES_16,
     Analogue16Field,
     Analogue32Field,
     DebugField,
@@ -188,6 +189,26 @@ class TelemetryJson:
         )
         return orjson.dumps(data, option=orjson.OPT_UTC_Z)
 
+    def with_id(self, record: Record | FixedRecord, received_at: datetime) -> tuple[str, bytes]:
+        """The record's :func:`~contracts.records.record_id` and its value (the session's
+        hot path: the device time is computed once for both)."""
+        device_time = record.device_time
+        rid = record_id(PROTOCOL, self._hello.imei, record.sequence, device_time)
+        data = _record(
+            record,
+            self._hello,
+            session_id=self._session_id,
+            ingestor=self._ingestor,
+            received_at=received_at,
+            rid=rid,
+            device=self._device,
+            device_time=device_time,
+        )
+        return rid, orjson.dumps(data, option=orjson.OPT_UTC_Z)
+
+
+_UNSET: Any = object()
+
 
 def _record(
     record: Record | FixedRecord,
@@ -198,8 +219,10 @@ def _record(
     received_at: datetime,
     rid: str | None = None,
     device: _Data | None = None,
+    device_time: datetime | None = _UNSET,
 ) -> _Data:
-    device_time = record.device_time
+    if device_time is _UNSET:
+        device_time = record.device_time
     if rid is None:
         rid = record_id(PROTOCOL, hello.imei, record.sequence, device_time)
     data: _Data = {
@@ -267,34 +290,49 @@ def _measurement(
 def _fields(record: Record, data: _Data) -> None:
     analogues: list[_Data] = data["analogues"]
     counters: list[_Data] = data["counters"]
+    kinds = ANALOGUES_16
     for field in record.fields:
         if isinstance(field, GpsField):
-            data["position"] = _position(
-                field.latitude,
-                field.longitude,
-                field.altitude_m,
-                field.speed_m_s,
-                field.heading,
-                field.position_accuracy_m,
-                field.pdop,
-                field.fix_time,
-                field.valid,
-            )
+            # ``_position`` of the field's properties, inlined (it runs for every record).
+            data["position"] = {
+                "latitude": field.latitude,
+                "longitude": field.longitude,
+                "altitude_m": float(field.altitude_m),
+                "speed_m_s": field.speed_m_s,
+                "heading_deg": float(field.heading),
+                "accuracy_m": float(field.position_accuracy_m),
+                "pdop": field.pdop,
+                "fix_time": field.fix_time,
+                "valid": field.valid,
+            }
         elif isinstance(field, DigitalField):
             data["ignition"] = field.ignition
             data["inputs"] = field.inputs
             data["outputs"] = field.outputs
             data["status"] = field.status
         elif isinstance(field, Analogue16Field):
-            for value in field.values:
-                kind = value.kind
+            # ``Analogue16.kind`` and ``.value``, one lookup per value (several per record).
+            for ident, raw in field.values:
+                kind = kinds.get(ident)
                 if kind is None:
                     analogues.append(
-                        _measurement(value.id, f"analogue_{value.id}", value.raw, None, value.raw)
+                        {
+                            "id": ident,
+                            "name": f"analogue_{ident}",
+                            "value": float(raw),
+                            "unit": None,
+                            "raw": raw,
+                        }
                     )
                 else:
                     analogues.append(
-                        _measurement(value.id, kind.name, value.value, kind.unit, value.raw)
+                        {
+                            "id": ident,
+                            "name": kind.name,
+                            "value": float(kind.scaled(raw)),
+                            "unit": kind.unit,
+                            "raw": raw,
+                        }
                     )
         elif isinstance(field, Analogue32Field):
             analogues += [
