@@ -20,6 +20,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from dmtproto import (
+    ANALOGUES_16,
     Analogue16Field,
     Analogue32Field,
     DebugField,
@@ -164,29 +165,52 @@ def telemetry_record_json(
 
 class TelemetryJson:
     """:func:`telemetry_record_json` for one session's records: what is the same for all of
-    them (the device's identity, the session) is built once."""
+    them (the device's identity, the session) is serialised once, and each record's value
+    is that prefix, its id and the rest (:func:`_tail`), the bytes of the whole value."""
 
-    __slots__ = ("_device", "_hello", "_ingestor", "_session_id")
+    __slots__ = ("_head", "_hello", "_middle")
 
     def __init__(self, hello: DeviceHello, *, session_id: str, ingestor: str) -> None:
         self._hello = hello
-        self._device = _identity(hello)  # read-only: shared by every record's value
-        self._session_id = session_id
-        self._ingestor = ingestor
+        # ``{"schema":...,"record_id":"`` the id ``","protocol":...,"device":{...},`` then
+        # the tail's members (its bytes past the opening brace): the order of ``_record``.
+        self._head = b'{"schema":"record.v1","record_id":"'
+        middle = orjson.dumps(
+            {
+                "protocol": PROTOCOL,
+                "source": "tcp",
+                "session_id": session_id,
+                "ingestor": ingestor,
+                "device": _identity(hello),
+            }
+        )
+        self._middle = b'",' + middle[1:-1] + b","
 
     def __call__(
         self, record: Record | FixedRecord, received_at: datetime, rid: str | None = None
     ) -> bytes:
-        data = _record(
-            record,
-            self._hello,
-            session_id=self._session_id,
-            ingestor=self._ingestor,
-            received_at=received_at,
-            rid=rid,
-            device=self._device,
-        )
-        return orjson.dumps(data, option=orjson.OPT_UTC_Z)
+        device_time = record.device_time
+        if rid is None:
+            rid = record_id(PROTOCOL, self._hello.imei, record.sequence, device_time)
+        return self._value(record, received_at, rid, device_time)
+
+    def with_id(self, record: Record | FixedRecord, received_at: datetime) -> tuple[str, bytes]:
+        """The record's :func:`~contracts.records.record_id` and its value (the session's
+        hot path: the device time is computed once for both)."""
+        device_time = record.device_time
+        rid = record_id(PROTOCOL, self._hello.imei, record.sequence, device_time)
+        return rid, self._value(record, received_at, rid, device_time)
+
+    def _value(
+        self,
+        record: Record | FixedRecord,
+        received_at: datetime,
+        rid: str,
+        device_time: datetime | None,
+    ) -> bytes:
+        tail = orjson.dumps(_tail(record, received_at, device_time), option=orjson.OPT_UTC_Z)
+        # A record id is hex: nothing to escape.
+        return b"".join((self._head, rid.encode(), self._middle, memoryview(tail)[1:]))
 
 
 def _record(
@@ -197,7 +221,6 @@ def _record(
     ingestor: str,
     received_at: datetime,
     rid: str | None = None,
-    device: _Data | None = None,
 ) -> _Data:
     device_time = record.device_time
     if rid is None:
@@ -209,7 +232,17 @@ def _record(
         "source": "tcp",
         "session_id": session_id,
         "ingestor": ingestor,
-        "device": _identity(hello) if device is None else device,
+        "device": _identity(hello),
+    }
+    data.update(_tail(record, received_at, device_time))
+    return data
+
+
+def _tail(
+    record: Record | FixedRecord, received_at: datetime, device_time: datetime | None
+) -> _Data:
+    """The record's members from ``sequence`` on, in the model's order."""
+    data: _Data = {
         "sequence": record.sequence,
         "device_time": device_time,
         "received_at": received_at,
@@ -267,34 +300,49 @@ def _measurement(
 def _fields(record: Record, data: _Data) -> None:
     analogues: list[_Data] = data["analogues"]
     counters: list[_Data] = data["counters"]
+    kinds = ANALOGUES_16
     for field in record.fields:
         if isinstance(field, GpsField):
-            data["position"] = _position(
-                field.latitude,
-                field.longitude,
-                field.altitude_m,
-                field.speed_m_s,
-                field.heading,
-                field.position_accuracy_m,
-                field.pdop,
-                field.fix_time,
-                field.valid,
-            )
+            # ``_position`` of the field's properties, inlined (it runs for every record).
+            data["position"] = {
+                "latitude": field.latitude,
+                "longitude": field.longitude,
+                "altitude_m": float(field.altitude_m),
+                "speed_m_s": field.speed_m_s,
+                "heading_deg": float(field.heading),
+                "accuracy_m": float(field.position_accuracy_m),
+                "pdop": field.pdop,
+                "fix_time": field.fix_time,
+                "valid": field.valid,
+            }
         elif isinstance(field, DigitalField):
             data["ignition"] = field.ignition
             data["inputs"] = field.inputs
             data["outputs"] = field.outputs
             data["status"] = field.status
         elif isinstance(field, Analogue16Field):
-            for value in field.values:
-                kind = value.kind
+            # ``Analogue16.kind`` and ``.value``, one lookup per value (several per record).
+            for ident, raw in field.values:
+                kind = kinds.get(ident)
                 if kind is None:
                     analogues.append(
-                        _measurement(value.id, f"analogue_{value.id}", value.raw, None, value.raw)
+                        {
+                            "id": ident,
+                            "name": f"analogue_{ident}",
+                            "value": float(raw),
+                            "unit": None,
+                            "raw": raw,
+                        }
                     )
                 else:
                     analogues.append(
-                        _measurement(value.id, kind.name, value.value, kind.unit, value.raw)
+                        {
+                            "id": ident,
+                            "name": kind.name,
+                            "value": float(kind.scaled(raw)),
+                            "unit": kind.unit,
+                            "raw": raw,
+                        }
                     )
         elif isinstance(field, Analogue32Field):
             analogues += [

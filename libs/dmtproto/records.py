@@ -142,12 +142,12 @@ class LogReason(IntEnum):
     BLUETOOTH_TAG_DATA = 50
 
 
+_LOG_REASON_NAMES: dict[int, str] = {reason.value: reason.name.lower() for reason in LogReason}
+
+
 def log_reason_name(code: int) -> str | None:
     """``start_of_trip`` for 1; None for a code not in the public list."""
-    try:
-        return LogReason(code).name.lower()
-    except ValueError:
-        return None
+    return _LOG_REASON_NAMES.get(code)
 
 
 # --- fields -----------------------------------------------------------------------------------
@@ -301,6 +301,12 @@ class AnalogueKind:
     scale: float
     signed: bool = False
 
+    def scaled(self, raw: int) -> float:
+        """The value of a wire value (u16) of this kind."""
+        if self.signed and raw & 0x8000:
+            raw -= 0x10000
+        return round(raw * self.scale, 6)
+
 
 #: 16-bit analogue ids with a known meaning (Traccar; a third-party Digital Matter integration
 #: for id 6). Units: V, degrees Celsius, ``CSQ`` (GSM signal quality 0-31), percent.
@@ -328,10 +334,7 @@ class Analogue16(NamedTuple):
     def value(self) -> float:
         """Scaled by :data:`ANALOGUES_16` where the id is known; else the raw value."""
         kind = ANALOGUES_16.get(self.id)
-        if kind is None:
-            return self.raw
-        raw = self.raw - 0x10000 if kind.signed and self.raw & 0x8000 else self.raw
-        return round(raw * kind.scale, 6)
+        return self.raw if kind is None else kind.scaled(self.raw)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -597,6 +600,7 @@ def encode_record(record: Record) -> bytes:
 
 def _decode_fields(data: bytes, start: int, end: int) -> tuple[Field, ...]:
     fields: list[Field] = []
+    decoders = _FIELD_DECODERS
     pos = start
     while pos < end:
         field_id = data[pos]
@@ -624,7 +628,15 @@ def _decode_fields(data: bytes, start: int, end: int) -> tuple[Field, ...]:
                 )
             )
             break
-        fields.append(decode_field(field_id, data[pos : pos + size]))
+        # ``decode_field``, inlined: this runs for every field of every record.
+        decoder = decoders.get(field_id)
+        if decoder is None:
+            fields.append(RawField(field_id=field_id, data=data[pos : pos + size]))
+        else:
+            try:
+                fields.append(decoder(data[pos : pos + size]))
+            except struct.error:
+                fields.append(decode_field(field_id, data[pos : pos + size]))
         pos += size
     return tuple(fields)
 

@@ -98,6 +98,21 @@ class KafkaSink:
             return None
         return direct.append(topic, key, value, headers)
 
+    def append_now(
+        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> asyncio.Future[Any] | None:
+        """:meth:`send_now`, but the future is the open batch's own: it resolves once the
+        broker acknowledged the whole batch the record went into (its metadata is the
+        batch's, not the record's) and fails with it. No future or metadata per record: the
+        cheap way when all a caller needs is "acknowledged" (:meth:`Ledger.put`)."""
+        direct = self._direct
+        if direct is None:
+            return None
+        lane = self._lanes.get((topic, hash(key) % self.LANES))
+        if lane is not None and lane.busy:
+            return None
+        return direct.append_batched(topic, key, value, headers)
+
     async def send(
         self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
     ) -> asyncio.Future[Any]:
@@ -239,6 +254,28 @@ class _Direct:
         future: asyncio.Future[Any] | None = batches[-1].append(key, value, None, headers=headers)
         return future
 
+    def append_batched(
+        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> asyncio.Future[Any] | None:
+        """:meth:`append` without a future per record: the batch's own future (what
+        aiokafka's ``send_batch`` returns), resolved or failed with the whole batch."""
+        accumulator = self._accumulator
+        if accumulator._closed or accumulator._exception is not None:
+            return None
+        tp = self._tp(topic, key)
+        if tp is None:
+            return None
+        batches = accumulator._batches.get(tp)
+        if not batches:
+            return None
+        batch = batches[-1]
+        # ``MessageBatch.append`` minus its per-record future; None: the batch is full (its
+        # builder closes itself) and ``send`` opens the next one.
+        if batch._builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
+            return None
+        future: asyncio.Future[Any] = batch.future
+        return future
+
 
 def _observe_produce(protocol: str, started: float, future: asyncio.Future[Any]) -> None:
     """Kafka produce latency (handed to the sink to acknowledgement) of a window's first
@@ -273,6 +310,7 @@ class Ledger:
         #: other; a stalled producer fails them sooner, see :class:`KafkaSink`).
         self.enqueue_timeout = timeout if enqueue_timeout is None else enqueue_timeout
         self._send_now = getattr(sink, "send_now", None)
+        self._append_now = getattr(sink, "append_now", None)
         self._pending: deque[tuple[asyncio.Future[Any], int]] = deque()
         self.pending_bytes = 0
         self._failure: str | None = None
@@ -307,6 +345,32 @@ class Ledger:
         produced = self._produced
         produced[topic] = produced.get(topic, 0) + 1
         return future
+
+    def put(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> bool:
+        """Hand one record to the producer if it can go in at once (the open batch of its
+        partition has room, nothing queued ahead of it), without waiting and without a
+        future of its own: the window holds its batch's future (one entry for a run of
+        records in the same batch), so :meth:`bound` and :meth:`barrier` count it like any
+        other record. False: nothing was sent, :meth:`publish` must take it."""
+        append_now = self._append_now
+        if append_now is None:
+            return False
+        future = append_now(topic, key, value, headers)
+        if future is None:
+            return False
+        size = len(value)
+        pending = self._pending
+        if not pending:  # a window's first record: its produce latency is the sample
+            future.add_done_callback(partial(_observe_produce, self.protocol, time.monotonic()))
+            pending.append((future, size))
+        elif pending[-1][0] is future:  # same batch as the record before: one entry
+            pending[-1] = (future, pending[-1][1] + size)
+        else:
+            pending.append((future, size))
+        self.pending_bytes += size
+        produced = self._produced
+        produced[topic] = produced.get(topic, 0) + 1
+        return True
 
     async def acknowledged(self, future: Awaitable[Any]) -> Any:
         """Wait for one record's acknowledgement; its metadata. :class:`KafkaFailed` if it

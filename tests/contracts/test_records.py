@@ -281,6 +281,7 @@ def test_json_path_gives_the_model_bytes_for_the_vector_and_fixed_records() -> N
             session = TelemetryJson(hello, session_id="s", ingestor="i")
             rid = record_id(PROTOCOL, hello.imei, record.sequence, record.device_time)
             assert session(record, at) == fast == session(record, at, rid)
+            assert session.with_id(record, at) == (rid, fast)  # the ingestor's hot path
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -290,5 +291,8 @@ def test_json_path_gives_the_model_bytes_for_any_record(record: Record) -> None:
     model = telemetry_record(record, hello, session_id="s", ingestor="i", received_at=AT)
     fast = telemetry_record_json(record, hello, session_id="s", ingestor="i", received_at=AT)
     assert fast == contracts.encode(model)
-    assert TelemetryJson(hello, session_id="s", ingestor="i")(record, AT) == fast
+    session = TelemetryJson(hello, session_id="s", ingestor="i")
+    assert session(record, AT) == fast
+    rid = record_id(PROTOCOL, hello.imei, record.sequence, record.device_time)
+    assert session.with_id(record, AT) == (rid, fast)
     assert contracts.decode(TelemetryRecord, fast) == model

@@ -158,7 +158,7 @@ async def test_kafka_failure_means_no_commit_and_the_session_closes(kafka: str) 
 
 
 class OneFailsSink:
-    """The real sink, direct path included, but the third record on
+    """The real sink, direct paths included, but the third record on
     ``fleetgate.records.v1`` fails instead of being acknowledged; the records around it are
     acknowledged."""
 
@@ -184,6 +184,15 @@ class OneFailsSink:
         future = self.inner.send_now(topic, key, value, headers)
         if future is None:
             return None  # ``send`` takes it: counted there
+        self.direct += 1
+        return self._failed() if self._fails(topic) else future
+
+    def append_now(
+        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> asyncio.Future[Any] | None:
+        future = self.inner.append_now(topic, key, value, headers)
+        if future is None:
+            return None
         self.direct += 1
         return self._failed() if self._fails(topic) else future
 
@@ -219,6 +228,39 @@ async def test_one_failed_record_amid_acknowledged_ones_means_no_commit(kafka: s
         await wire.close()
     after = metric("fleetgate_ingestor_sessions_closed_total", protocol="dmt", reason="kafka_error")
     assert after == before + 1
+
+
+async def test_a_big_read_is_decoded_in_slices_and_all_committed(kafka: str) -> None:
+    """256 records (a device's upload) in messages of 128 (about 5.5 KiB each, over the
+    ingestor's 4 KiB slice) and the commit request written at once: every record lands once,
+    decoded, with its raw message, and the commit covers all of them."""
+    imei = "352093081299991"  # records of this test only
+    device = tracker(imei, records=256)
+    sequences = sorted(r.sequence for r in device.pending)
+    async with running(kafka) as (ingestor, _):
+        wire = await Wire.open(ingestor.ports["dmt"], device, records_per_message=128)
+        assert await _upload(wire) == 256
+        async with asyncio.timeout(20):
+            while not wire.commits:
+                await wire.read()
+        assert wire.commits[0].ok and device.committed == 256 and device.pending == []
+        await wire.close()
+
+        def raw_of(out: Landed) -> list[bytes]:
+            return [
+                v for k, v, h in out.raw
+                if k == imei.encode() and h[RawHeader.MESSAGE_TYPE] == b"4"
+            ]  # fmt: skip
+
+        landed = await read_landed(
+            kafka,
+            lambda out: (
+                sum(r.device.imei == imei for r in out.records) >= 256 and len(raw_of(out)) >= 256
+            ),
+        )
+    assert sorted(r.sequence for r in landed.records if r.device.imei == imei) == sequences
+    raw = [decode_message_records(v) for v in raw_of(landed)]
+    assert sorted(r.sequence for (r,) in raw) == sequences  # one record per raw message
 
 
 async def test_resent_records_keep_their_record_id(kafka: str) -> None:

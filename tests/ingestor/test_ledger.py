@@ -5,9 +5,11 @@ direct path into aiokafka's open batch lands records where ``send`` would."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner
 
 from contracts import Topic
@@ -136,3 +138,99 @@ async def test_direct_appends_land_where_send_puts_them(kafka: str) -> None:
         assert direct > 200  # the direct path, not send, took most of them
     finally:
         await sink.producer.stop()
+
+
+class BatchSink(HandSink):
+    """``append_now`` as aiokafka's open batch gives it: every record of the open batch
+    gets the batch's one future; None while there is no open batch (``send`` must)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batch: asyncio.Future[Any] | None = None
+
+    def open(self) -> asyncio.Future[Any]:
+        self.batch = asyncio.get_running_loop().create_future()
+        return self.batch
+
+    def append_now(
+        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> asyncio.Future[Any] | None:
+        return self.batch
+
+
+async def test_put_counts_each_batch_once_and_the_barrier_waits_for_every_batch() -> None:
+    sink = BatchSink()
+    ledger = Ledger(sink, 5.0)
+    assert not ledger.put("t", b"k", b"x" * 10, [])  # no open batch: publish must take it
+    assert ledger.pending_bytes == 0 and not sink.futures
+    first = sink.open()
+    assert ledger.put("t", b"k", b"x" * 10, []) and ledger.put("t", b"k", b"x" * 11, [])
+    await ledger.publish("t", b"k", b"x" * 12)  # a record of its own in between
+    second = sink.open()
+    assert ledger.put("t", b"k", b"x" * 13, [])
+    assert ledger.pending_bytes == 46
+    barrier = asyncio.ensure_future(ledger.barrier())
+    _ack(second)
+    _ack(sink.futures[0])
+    await asyncio.sleep(0.02)
+    assert not barrier.done()  # the first batch (two records) is not acknowledged
+    _ack(first)
+    await asyncio.wait_for(barrier, 5)
+    assert ledger.pending_bytes == 0
+
+
+async def test_a_failed_batch_fails_the_barrier() -> None:
+    sink = BatchSink()
+    ledger = Ledger(sink, 5.0)
+    failed = sink.open()
+    assert ledger.put("t", b"k", b"one", [])
+    _ack(sink.open())
+    assert ledger.put("t", b"k", b"two", [])
+    failed.set_exception(ConnectionError("NOT_ENOUGH_REPLICAS"))
+    with pytest.raises(KafkaFailed, match="NOT_ENOUGH_REPLICAS"):
+        await asyncio.wait_for(ledger.barrier(), 5)
+
+
+async def test_put_lands_records_in_order_on_their_partitions(kafka: str) -> None:
+    """Records through ``put`` on the real producer (``publish`` when there is no open
+    batch): each lands on the partition aiokafka's partitioner gives its key, in order."""
+    sink = KafkaSink(settings(kafka).ingestor)
+    await sink.producer.start()
+    run = uuid.uuid4().hex.encode()
+    keys = [f"35209308100000{i}".encode() for i in range(3)]
+    put = 0
+    try:
+        ledger = Ledger(sink, 30.0)
+        for i in range(300):
+            value = b"%s|%d" % (run, i)
+            if ledger.put(Topic.RECORDS, keys[i % 3], value, []):
+                put += 1
+            else:
+                await ledger.publish(Topic.RECORDS, keys[i % 3], value)
+        await ledger.barrier()
+        assert ledger.pending_bytes == 0
+        partitions = list(sink.producer.client.cluster.partitions_for_topic(str(Topic.RECORDS)))
+    finally:
+        await sink.producer.stop()
+    assert put > 200  # most went straight into the open batch
+    consumer = AIOKafkaConsumer(
+        str(Topic.RECORDS), bootstrap_servers=kafka, auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )  # fmt: skip
+    await consumer.start()
+    landed: list[tuple[int, bytes, int]] = []
+    try:
+        async with asyncio.timeout(20):
+            while len(landed) < 300:
+                for records in (await consumer.getmany(timeout_ms=200)).values():
+                    for record in records:
+                        if record.value is not None and record.value.startswith(run + b"|"):
+                            index = int(record.value.split(b"|")[1])
+                            landed.append((record.partition, record.key or b"", index))
+    finally:
+        await consumer.stop()
+    assert sorted(i for _, _, i in landed) == list(range(300))
+    for key in keys:
+        mine = [(p, i) for p, k, i in landed if k == key]
+        assert {p for p, _ in mine} == {DefaultPartitioner()(key, partitions, partitions)}
+        assert [i for _, i in mine] == sorted(i for _, i in mine)  # in order

@@ -23,7 +23,6 @@ from typing import Any
 
 from contracts import Topic
 from contracts.dmt import (
-    PROTOCOL,
     DmtClosed,
     DmtConnected,
     DmtHello,
@@ -32,7 +31,7 @@ from contracts.dmt import (
     telemetry_record,
 )
 from contracts.models import encode
-from contracts.records import DeviceStatus, RawHeader, apply_record, record_id
+from contracts.records import DeviceStatus, RawHeader, apply_record
 from dmtproto import (
     CommitRequested,
     Event,
@@ -57,6 +56,11 @@ from .settings import DmtSettings
 __all__ = ["DmtSession"]
 
 _HELLO_TYPE = b"0"
+#: Bytes of a read fed to the protocol core at a time (about 80 records of 48 bytes).
+_SLICE = 4096
+# Topics as plain str (aiokafka and the sink take str; an enum member costs more per lookup).
+_RECORDS = str(Topic.RECORDS)
+_DMT_RAW = str(Topic.DMT_RAW)
 # aiokafka takes header names of type str exactly (not a StrEnum).
 _RECORD_ID = RawHeader.RECORD_ID.value
 _SESSION = RawHeader.SESSION.value
@@ -164,12 +168,23 @@ class DmtSession(Session):
         await self._session_event(DmtConnected, peer=self.link.peer)
 
     async def receive_data(self, data: bytes, now: float) -> None:
-        try:
-            events = self._conn.receive_data(data, now)
-        except RemoteProtocolError as exc:
-            # Records before the error are not committed: the device sends them again.
-            raise PeerError(str(exc)) from exc
-        await self._handle(events)
+        """Feed a read to the protocol core a slice at a time, letting the other sessions
+        run between slices: a read of a big batch (up to 64 KiB, over a thousand records)
+        is decoded and published in bounded steps, so another device's commit reply does
+        not wait behind all of it."""
+        size = len(data)
+        for start in range(0, size, _SLICE):
+            if start:
+                await asyncio.sleep(0)
+                if self.closed:
+                    return
+            piece = data if size <= _SLICE else data[start : start + _SLICE]
+            try:
+                events = self._conn.receive_data(piece, now)
+            except RemoteProtocolError as exc:
+                # Records before the error are not committed: the device sends them again.
+                raise PeerError(str(exc)) from exc
+            await self._handle(events)
 
     async def receive_eof(self) -> None:
         await self._handle(self._conn.receive_eof())
@@ -221,7 +236,22 @@ class DmtSession(Session):
             if isinstance(event, RecordReceived):
                 if shared is None:
                     shared = (*self._record_headers, (_RECEIVED_AT, millis))
-                await self._on_record(event, received_at, shared)
+                # Inline, not a coroutine per record; awaits only when the producer has no
+                # room for a record at once (``Ledger.put``).
+                to_json = self._json
+                assert to_json is not None  # records come only after the HELLO
+                record = event.record
+                ledger, key = self.link.ledger, self._key
+                rid, value = to_json.with_id(record, received_at)
+                if not ledger.put(_RECORDS, key, value, []):
+                    await ledger.publish(_RECORDS, key, value)
+                headers = [(_RECORD_ID, rid.encode()), *shared, _type_header(event.message_type)]
+                if not ledger.put(_DMT_RAW, key, event.raw, headers):
+                    await ledger.publish(_DMT_RAW, key, event.raw, headers)
+                if _newer(record, self._latest):
+                    self._latest = record
+                if _newer(record, self._latest_fix) and _has_fix(record):
+                    self._latest_fix = record
                 self._counted += 1
             elif isinstance(event, CommitRequested):
                 await self._on_commit()
@@ -260,25 +290,6 @@ class DmtSession(Session):
         await self._session_event(DmtHello, device=identity)
         self._status = link.registry.connected(event.imei, link.connection(received_at), identity)
         await link.registry.publish(link.ledger, self._status)
-
-    async def _on_record(
-        self,
-        event: RecordReceived,
-        received_at: datetime,
-        shared: tuple[tuple[str, bytes], ...],
-    ) -> None:
-        hello, to_json = self._hello, self._json
-        assert hello is not None and to_json is not None  # records come only after HELLO
-        record = event.record
-        ledger = self.link.ledger
-        rid = record_id(PROTOCOL, hello.imei, record.sequence, record.device_time)
-        await ledger.publish(Topic.RECORDS, self._key, to_json(record, received_at, rid))
-        headers = [(_RECORD_ID, rid.encode()), *shared, _type_header(event.message_type)]
-        await ledger.publish(Topic.DMT_RAW, self._key, event.raw, headers)
-        if _newer(record, self._latest):
-            self._latest = record
-        if _newer(record, self._latest_fix) and _has_fix(record):
-            self._latest_fix = record
 
     async def _on_commit(self) -> None:
         started = time.monotonic()
