@@ -110,7 +110,7 @@ cov: .venv ## Run the test suite with branch coverage (HTML in htmlcov/)
 
 .PHONY: bench
 bench: .venv ## Run the benchmarks: protocol cores, then the whole pipeline (BENCH_FLAGS="--devices 50 --sessions 10000" for a bigger run)
-	$(BIN)/python tests/bench/run.py
+	$(BIN)/python -m tests.bench.run
 	$(BIN)/python -m tests.bench.connector
 	$(BIN)/python -m tests.bench.registry
 	$(BIN)/python -m tests.bench.pipeline $(BENCH_FLAGS)
