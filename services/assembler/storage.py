@@ -3,6 +3,14 @@
 An object appears under its key only once every byte is there: a small file is one PUT, a
 larger one a multipart upload that S3 publishes at CompleteMultipartUpload (an upload cut
 short is aborted, or left invisible until a bucket lifecycle rule removes it).
+
+Not every S3-compatible server keeps that promise: s3rver (the embedded default) streams a
+PUT's body straight into the object's file and writes its metadata only once the body is
+complete, so a PUT cut short (the assembler killed mid-request) leaves the bytes that arrived
+under the key, without metadata (or, over an existing object, with the old one). Every PUT of
+this store carries the file's ``sha256`` metadata in the same request, so an object without it,
+or whose size is not the size of the bytes its ``sha256`` names, is such a remnant: it is
+overwritten, not taken for another file's content.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import certifi
+import structlog
 import urllib3
 from minio import Minio
 from minio.error import S3Error
@@ -24,6 +33,8 @@ __all__ = ["ObjectStore", "StoreResult"]
 
 #: Parts of one multipart upload sent at once (memory: this many parts per upload).
 _PARALLEL_PARTS = 2
+
+_log = structlog.get_logger("fleetgate.assembler")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,18 +92,30 @@ class ObjectStore:
 
         An object with other content under the key (the same transfer stored with different
         bytes) is kept: this file then goes to ``key`` with ``-<sha256[:12]>`` before the
-        extension, so every key only ever holds the bytes its event announced.
+        extension, so every key only ever holds the bytes its event announced. A remnant of an
+        upload cut short (:func:`_remnant`) is no content: it is overwritten.
         """
         return await asyncio.to_thread(self._store, path, key, content_type, metadata, sha256)
 
     def _store(
         self, path: Path, key: str, content_type: str, metadata: dict[str, str], sha256: str
     ) -> StoreResult:
+        size = path.stat().st_size
         for candidate in (key, _variant(key, sha256)):
-            existing = self._sha256_of(candidate)
-            if existing == sha256:
+            existing = self._existing(candidate)
+            if existing is not None and existing.sha256 == sha256 and existing.size == size:
                 return StoreResult(candidate, uploaded=False)
-            if existing is None:
+            remnant = existing is not None and _remnant(existing, sha256, size)
+            if existing is None or remnant:
+                if remnant:
+                    _log.warning(
+                        "s3_remnant_replaced",
+                        key=candidate,
+                        found_size=existing.size if existing else None,
+                        found_sha256=existing.sha256 if existing else None,
+                        size=size,
+                        sha256=sha256,
+                    )
                 with self.watch.request("put"):
                     self.client.fput_object(
                         self.bucket,
@@ -106,9 +129,9 @@ class ObjectStore:
                 return StoreResult(candidate, uploaded=True)
         raise RuntimeError(f"{key} and its variant both hold other content")
 
-    def _sha256_of(self, key: str) -> str | None:
-        """The sha256 metadata of the object under ``key``; None if there is none;
-        "" if it exists without one."""
+    def _existing(self, key: str) -> _Existing | None:
+        """The object under ``key`` (its sha256 metadata, "" if it has none, and its size);
+        None if there is none."""
         with self.watch.request("stat"):  # "no such key" is an answer, not a failure
             try:
                 stat = self.client.stat_object(self.bucket, key)
@@ -117,10 +140,29 @@ class ObjectStore:
                     return None
                 raise
         headers = stat.metadata or {}
+        sha256 = ""
         for name, value in headers.items():
             if name.lower() == "x-amz-meta-sha256":
-                return str(value)
-        return ""
+                sha256 = str(value)
+        return _Existing(sha256, stat.size)
+
+
+@dataclass(frozen=True, slots=True)
+class _Existing:
+    sha256: str  # "" when the object has no sha256 metadata
+    size: int | None
+
+
+def _remnant(existing: _Existing, sha256: str, size: int) -> bool:
+    """Whether ``existing`` is what a PUT cut short left (on a server that publishes a PUT's
+    bytes as they arrive, like s3rver), rather than a file's content: it has no sha256
+    metadata (every PUT of this store sends it, in the same request), or it has this file's
+    sha256 but not its size (the bytes that sha256 names have that size). Such an object is
+    never a file's content the assembler stored, so overwriting it loses nothing the pipeline
+    announced. An object with another sha256 is kept (see :meth:`ObjectStore.store`)."""
+    if not existing.sha256:
+        return True
+    return existing.sha256 == sha256 and existing.size != size
 
 
 def _variant(key: str, sha256: str) -> str:
