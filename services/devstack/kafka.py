@@ -34,6 +34,7 @@ __all__ = [
     "SaslSslListener",
     "java_missing_reason",
     "kafka_classpath",
+    "new_cluster_id",
     "start_kafka",
 ]
 
@@ -165,6 +166,16 @@ class KafkaNode:
             self.process.stop(timeout)
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id (URL-safe base64 of a UUID, as Kafka makes them), never one
+    starting with ``-``: ``kafka-storage format -t -x...`` reads that as an option (about 1
+    id in 64 would fail the format)."""
+    while True:
+        candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not candidate.startswith("-"):
+            return candidate
+
+
 @dataclass
 class KafkaCluster:
     """``size`` KRaft nodes on 127.0.0.1 under ``directory``; :meth:`start` formats and runs."""
@@ -175,9 +186,7 @@ class KafkaCluster:
     #: Broker settings added to (or replacing) the defaults of :meth:`settings`.
     overrides: Mapping[str, str] = field(default_factory=dict)
     nodes: list[KafkaNode] = field(default_factory=list)
-    cluster_id: str = field(
-        default_factory=lambda: base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    )
+    cluster_id: str = field(default_factory=new_cluster_id)
     classpath: str = ""
     #: Client port of node 1 (0: a free one); the others always take free ports.
     port: int = 0

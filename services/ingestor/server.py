@@ -73,17 +73,18 @@ class Ingestor:
         return next(iter(self.ports.values()), None)
 
     async def start(self) -> None:
-        """Read the device registry (bounded), then start each protocol, then its listener;
-        a broken allow-list stops us here."""
+        """Read the device registry (bounded) while each protocol starts (the camera reads
+        its progress topic), then open the listeners; a broken allow-list stops us here."""
         for protocol in self.protocols.values():
             allow = allowlist.reload(protocol.settings)
             if allow.imeis is not None:
                 _log.info(
                     "imei_allow_list", protocol=protocol.name, imeis=allow.size, source=allow.source
                 )
-        await self.registry.start()
+        await asyncio.gather(
+            self.registry.start(), *(protocol.start() for protocol in self.protocols.values())
+        )
         for protocol in self.protocols.values():
-            await protocol.start()
             listen = protocol.settings
             server = await asyncio.start_server(
                 partial(self._accept, protocol), listen.host, listen.port, backlog=1024

@@ -135,7 +135,7 @@ class Service:
             status = None if self.popen is None else self.popen.returncode
             raise AssertionError(f"{self.name} exited ({status}):\n{tail}")
 
-    async def wait_listening(self, within: float = 30.0) -> None:
+    async def wait_listening(self, within: float = 60.0) -> None:
         assert self.port is not None
 
         def up() -> bool:
