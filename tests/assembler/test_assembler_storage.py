@@ -23,6 +23,7 @@ from minio.error import S3Error
 
 from assembler.settings import AssemblerSettings
 from assembler.storage import ObjectStore
+from tests.bucket import contents
 from tests.conftest import S3
 from tests.helpers import eventually_sync
 
@@ -78,19 +79,6 @@ def put(client: Minio, bucket: str, key: str, data: bytes, sha256: str) -> None:
 def sha256_metadata(client: Minio, bucket: str, key: str) -> str | None:
     metadata = client.stat_object(bucket, key).metadata or {}
     return next((v for k, v in metadata.items() if k.lower() == "x-amz-meta-sha256"), None)
-
-
-def contents(client: Minio, bucket: str) -> dict[str, bytes]:
-    out = {}
-    for obj in client.list_objects(bucket, recursive=True):
-        assert obj.object_name is not None
-        response = client.get_object(bucket, obj.object_name)
-        try:
-            out[obj.object_name] = response.read()
-        finally:
-            response.close()
-            response.release_conn()
-    return out
 
 
 async def test_a_remnant_without_metadata_is_overwritten_under_the_key(

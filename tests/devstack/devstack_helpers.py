@@ -19,6 +19,7 @@ from minio import Minio
 
 from devstack.infra import S3RVER_KEY, Process, free_port, start_s3rver
 from simulator import Fleet, FleetReport, SimulationConfig
+from tests.bucket import contents
 
 BUCKET = "fleetgate"
 
@@ -57,17 +58,7 @@ class Stack:
         raise LookupError(f"no {service} child of the devstack")
 
     def objects(self) -> dict[str, bytes]:
-        client = self.s3_client
-        out = {}
-        for obj in client.list_objects(BUCKET, recursive=True):
-            assert obj.object_name is not None
-            response = client.get_object(BUCKET, obj.object_name)
-            try:
-                out[obj.object_name] = response.read()
-            finally:
-                response.close()
-                response.release_conn()
-        return out
+        return contents(self.s3_client, BUCKET)
 
 
 def _children(pid: int) -> list[int]:

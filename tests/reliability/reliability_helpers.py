@@ -34,6 +34,7 @@ from devstack.infra import (
     wait_kafka,
 )
 from simulator import ContentSpec, Fleet, SimulationConfig
+from tests.bucket import contents
 from tests.e2e.e2e_helpers import Receiver, receiver
 from tests.helpers import eventually
 
@@ -301,17 +302,7 @@ class Pipeline:
         await eventually(check, within, what)
 
     def objects(self) -> dict[str, bytes]:
-        client = self.s3_client()
-        out = {}
-        for obj in client.list_objects(BUCKET, recursive=True):
-            assert obj.object_name is not None
-            response = client.get_object(BUCKET, obj.object_name)
-            try:
-                out[obj.object_name] = response.read()
-            finally:
-                response.close()
-                response.release_conn()
-        return out
+        return contents(self.s3_client(), BUCKET)
 
     def stop(self) -> None:
         for service in reversed(self.services):
