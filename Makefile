@@ -109,7 +109,7 @@ cov: .venv ## Run the test suite with branch coverage (HTML in htmlcov/)
 	$(BIN)/pytest --cov=camproto --cov=dmtproto --cov=contracts --cov=fleetgate --cov=simulator --cov-report=term --cov-report=html
 
 .PHONY: bench
-bench: .venv ## Run the benchmarks: protocol cores, then the whole pipeline (BENCH_FLAGS="--devices 50 --sessions 10000" for a bigger run)
+bench: .venv $(KAFKA_IF_JAVA) ## Run the benchmarks: protocol cores, then the whole pipeline (BENCH_FLAGS="--devices 50 --sessions 10000" for a bigger run)
 	$(BIN)/python -m tests.bench.run
 	$(BIN)/python -m tests.bench.connector
 	$(BIN)/python -m tests.bench.registry
