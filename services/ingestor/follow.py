@@ -59,6 +59,7 @@ class TopicFollower:
         )
         self._assigned: set[TopicPartition] = set()
         self._started = False
+        self._following: asyncio.Task[None] | None = None
         #: Partition -> the offset after the last record read (what the view knows).
         self.positions: dict[int, int] = {}
         self._read = asyncio.Event()  # set after each batch read
@@ -85,6 +86,24 @@ class TopicFollower:
         if self._started:
             self._started = False
             await self.consumer.stop()
+
+    async def open(self) -> None:
+        """:meth:`start`, :meth:`catch_up` (bounded), then :meth:`follow` in the background
+        until :meth:`close`. Opening an open follower does nothing."""
+        if self._started:
+            return
+        await self.start()
+        await self.catch_up()
+        self._following = asyncio.create_task(self.follow(), name=f"{self.name} reader")
+
+    async def close(self) -> None:
+        """Stop following and reading."""
+        if self._following is not None:
+            self._following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._following
+            self._following = None
+        await self.stop()
 
     async def rewind(self) -> None:
         """Read every partition again from its start."""

@@ -29,8 +29,6 @@ ingestor published meanwhile (the device moved) is carried on, not rolled back.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from datetime import datetime
 
 import orjson
@@ -167,29 +165,17 @@ class DeviceRegistry:
     def __init__(self, settings: IngestorSettings, *, read: bool = True) -> None:
         self.book = RegistryBook()
         self.reader = RegistryReader(settings, self.book) if read else None
-        self._following: asyncio.Task[None] | None = None
-        self._reading = False
         book = self.book
         metrics.registry_devices.set_function(lambda: len(book))
 
     async def start(self) -> None:
         """Read the topic (bounded: see the module), then follow it in the background."""
-        if self.reader is None or self._reading:
-            return
-        await self.reader.start()
-        self._reading = True
-        await self.reader.catch_up()
-        self._following = asyncio.create_task(self.reader.follow(), name="registry reader")
+        if self.reader is not None:
+            await self.reader.open()
 
     async def stop(self) -> None:
-        if self._following is not None:
-            self._following.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._following
-            self._following = None
-        if self.reader is not None and self._reading:
-            self._reading = False
-            await self.reader.stop()
+        if self.reader is not None:
+            await self.reader.close()
 
     def latest(self, imei: str) -> DeviceStatus | None:
         """The newest status of ``imei`` known to this process."""

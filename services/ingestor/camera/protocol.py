@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import Any, ClassVar
 
 from ..adapter import Link, Protocol, Session
@@ -56,16 +54,11 @@ class CameraProtocol(Protocol):
         #: Which session writes each transfer: two at once never write one transfer.
         self.claims = Claims()
         self.reader = ProgressReader(edge, settings, self.book) if read_progress else None
-        self._following: asyncio.Task[None] | None = None
-        self._reading = False
         metrics.progress_entries.set_function(lambda: len(self.book))
 
     async def start(self) -> None:
         if self.reader is not None:
-            await self.reader.start()
-            self._reading = True
-            await self.reader.catch_up()
-            self._following = asyncio.create_task(self.reader.follow(), name="progress reader")
+            await self.reader.open()
 
     def session(self, link: Link) -> Session:
         return CameraSession(
@@ -74,14 +67,8 @@ class CameraProtocol(Protocol):
 
     async def stop(self) -> None:
         await self.publisher.close(within=self.edge.close_timeout_seconds)
-        if self._following is not None:
-            self._following.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._following
-            self._following = None
-        if self.reader is not None and self._reading:
-            self._reading = False
-            await self.reader.stop()
+        if self.reader is not None:
+            await self.reader.close()
 
     def describe(self) -> dict[str, Any]:
         return {"transfers_known": len(self.book)}
